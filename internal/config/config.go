@@ -1,0 +1,186 @@
+// Package config is Moat's one declarative file. Its shape follows IoT Hub's
+// resource properties (properties.authorizationPolicies, minTlsVersion,
+// cloudToDevice, …) so Azure users recognise it; what IoT Hub has no word for
+// (listen addresses, the data directory) lives under "moat". The file may be
+// YAML or JSON; unknown fields are errors, and every validation error names the
+// field path.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/moat-iot/moat/internal/sas"
+)
+
+// Config is the whole file.
+type Config struct {
+	// Name is the hub's name ($iothubname); defaults to the first label of the
+	// host name.
+	Name       string     `json:"name,omitempty"`
+	Properties Properties `json:"properties"`
+	Moat       Moat       `json:"moat"`
+}
+
+// Properties mirrors IoT Hub's resource properties that Moat implements.
+type Properties struct {
+	// HostName is the name devices and services connect to; it is also the
+	// SAS token audience.
+	HostName string `json:"hostName,omitempty"`
+	// AuthorizationPolicies replaces the generated default policies when given.
+	AuthorizationPolicies []sas.Policy `json:"authorizationPolicies,omitempty"`
+	// MinTLSVersion is "1.2" (default) or "1.3".
+	MinTLSVersion string `json:"minTlsVersion,omitempty"`
+}
+
+// Moat holds settings IoT Hub does not have.
+type Moat struct {
+	DataDir   string    `json:"dataDir,omitempty"`
+	Listeners Listeners `json:"listeners"`
+	// CertificateNames are extra DNS names and IP addresses for the server
+	// certificate.
+	CertificateNames []string `json:"certificateNames,omitempty"`
+	LogLevel         string   `json:"logLevel,omitempty"`
+}
+
+// Listeners are listen addresses; "" disables one.
+type Listeners struct {
+	MQTT      *string `json:"mqtt,omitempty"`      // MQTT over TLS, default ":8883"
+	HTTPS     *string `json:"https,omitempty"`     // REST + MQTT over WebSockets, default ":443"
+	MQTTPlain *string `json:"mqttPlain,omitempty"` // plain MQTT, default off
+	Metrics   *string `json:"metrics,omitempty"`   // Prometheus /metrics, default "127.0.0.1:9090"
+}
+
+// Defaults.
+const (
+	DefaultDataDir  = "./moat-data"
+	DefaultHostName = "localhost"
+	DefaultMQTT     = ":8883"
+	DefaultHTTPS    = ":443"
+	DefaultMetrics  = "127.0.0.1:9090"
+)
+
+// Load reads and validates a config file.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML or JSON and validates it.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Default returns the configuration used without a file.
+func Default() *Config { return &Config{} }
+
+// FieldError is a validation error at a field path.
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
+
+// Validate checks every field and returns all problems joined.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	p := c.Properties
+	if p.HostName != "" && !validHostName(p.HostName) {
+		bad("properties.hostName", "%q is not a host name or IP address (no port, no scheme)", p.HostName)
+	}
+	switch p.MinTLSVersion {
+	case "", "1.2", "1.3":
+	default:
+		bad("properties.minTlsVersion", "must be \"1.2\" or \"1.3\", not %q", p.MinTLSVersion)
+	}
+	seen := map[string]bool{}
+	for i, pol := range p.AuthorizationPolicies {
+		path := fmt.Sprintf("properties.authorizationPolicies[%d]", i)
+		if pol.KeyName == "" || len(pol.KeyName) > 64 {
+			bad(path+".keyName", "must be 1 to 64 characters")
+		}
+		if seen[pol.KeyName] {
+			bad(path+".keyName", "duplicate policy %q", pol.KeyName)
+		}
+		seen[pol.KeyName] = true
+		if pol.PrimaryKey == "" {
+			bad(path+".primaryKey", "is required")
+		}
+		if len(pol.Rights) == 0 {
+			bad(path+".rights", "needs at least one of RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect")
+		}
+		for j, r := range pol.Rights {
+			switch r {
+			case sas.RegistryRead, sas.RegistryWrite, sas.ServiceConnect, sas.DeviceConnect:
+			default:
+				bad(fmt.Sprintf("%s.rights[%d]", path, j), "unknown right %q", r)
+			}
+		}
+	}
+	l := c.Moat.Listeners
+	for name, a := range map[string]*string{"mqtt": l.MQTT, "https": l.HTTPS, "mqttPlain": l.MQTTPlain, "metrics": l.Metrics} {
+		if a == nil || *a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(*a); err != nil {
+			bad("moat.listeners."+name, "%q is not host:port", *a)
+		}
+	}
+	switch strings.ToLower(c.Moat.LogLevel) {
+	case "", "debug", "info", "warn", "error":
+	default:
+		bad("moat.logLevel", "must be debug, info, warn or error")
+	}
+	return errors.Join(errs...)
+}
+
+func validHostName(h string) bool {
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	if len(h) > 253 || strings.ContainsAny(h, ":/ ") {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Addr returns a listener address with its default.
+func Addr(a *string, def string) string {
+	if a == nil {
+		return def
+	}
+	return *a
+}

@@ -1,0 +1,61 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		wantErr string // substring; "" means valid
+	}{
+		{"empty", "", ""},
+		{"yaml", "name: plant\nproperties:\n  hostName: hub.plant.local\n  minTlsVersion: \"1.3\"\nmoat:\n  dataDir: /var/lib/moat\n  listeners:\n    mqtt: \"10.0.0.5:8883\"\n    mqttPlain: \"\"\n", ""},
+		{"json", `{"properties":{"hostName":"127.0.0.2"},"moat":{"listeners":{"https":"127.0.0.2:443"}}}`, ""},
+		{"policies", "properties:\n  authorizationPolicies:\n  - keyName: ops\n    primaryKey: a2V5\n    rights: [RegistryRead, ServiceConnect]\n", ""},
+		{"unknown field", "properties:\n  host: x\n", "unknown field"},
+		{"bad host", "properties:\n  hostName: \"hub:443\"\n", "properties.hostName"},
+		{"bad tls", "properties:\n  minTlsVersion: \"1.0\"\n", "properties.minTlsVersion"},
+		{"bad listener", "moat:\n  listeners:\n    mqtt: \"8883\"\n", "moat.listeners.mqtt"},
+		{"bad right", "properties:\n  authorizationPolicies:\n  - keyName: x\n    primaryKey: a\n    rights: [Everything]\n", "properties.authorizationPolicies[0].rights[0]"},
+		{"dup policy", "properties:\n  authorizationPolicies:\n  - {keyName: x, primaryKey: a, rights: [DeviceConnect]}\n  - {keyName: x, primaryKey: a, rights: [DeviceConnect]}\n", "duplicate policy"},
+		{"no key", "properties:\n  authorizationPolicies:\n  - {keyName: x, rights: [DeviceConnect]}\n", "primaryKey: is required"},
+		{"bad level", "moat:\n  logLevel: loud\n", "moat.logLevel"},
+		{"not yaml", "properties: [", "decode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.in))
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.wantErr != "" && err == nil:
+				t.Fatalf("accepted, want error containing %q", tt.wantErr)
+			case tt.wantErr != "" && !strings.Contains(err.Error(), tt.wantErr):
+				t.Fatalf("error %q does not contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestValidHostName(t *testing.T) {
+	for h, want := range map[string]bool{"localhost": true, "hub.example.com": true, "127.0.0.2": true, "::1": true, "a-b": true,
+		"-a": false, "a..b": false, "a b": false, "http://x": false, "x:1": false, "": false} {
+		if got := validHostName(h); got != want {
+			t.Errorf("validHostName(%q) = %v, want %v", h, got, want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("properties:\n  hostName: x\n"))
+	f.Add([]byte(`{"moat":{"listeners":{"mqtt":":1"}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err == nil && c.Validate() != nil {
+			t.Fatal("Parse returned a config that does not validate")
+		}
+	})
+}

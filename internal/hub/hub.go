@@ -1,0 +1,328 @@
+// Package hub is the composition root: it builds every part of a Moat hub from
+// the configuration — stores, PKI, registry, broker, service API, listeners —
+// starts them in order and stops them in reverse.
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/moat-iot/moat/internal/c2d"
+	"github.com/moat-iot/moat/internal/config"
+	"github.com/moat-iot/moat/internal/events"
+	"github.com/moat-iot/moat/internal/message"
+	"github.com/moat-iot/moat/internal/methods"
+	"github.com/moat-iot/moat/internal/mqttdevice"
+	"github.com/moat-iot/moat/internal/pki"
+	"github.com/moat-iot/moat/internal/registry"
+	"github.com/moat-iot/moat/internal/registry/sqlitestore"
+	"github.com/moat-iot/moat/internal/sas"
+	"github.com/moat-iot/moat/internal/serviceapi"
+	"github.com/moat-iot/moat/internal/transport"
+)
+
+// Hub is a running hub's parts.
+type Hub struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	hostName string
+	dataDir  string
+
+	ca       *pki.Authority
+	policies []sas.Policy
+	store    *sqlitestore.Store
+	c2dStore *c2d.SQLiteStore
+	registry *registry.Registry
+	c2d      *c2d.Queue
+	events   *events.Stream
+	methods  *methods.Invoker
+	broker   *mqttdevice.Broker
+	api      *serviceapi.Server
+	metrics  *prometheus.Registry
+
+	telemetry prometheus.Counter
+}
+
+// New opens the hub's state in the data directory, creating the CA, the server
+// certificate and the default policies on first start.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error) {
+	h := &Hub{cfg: cfg, log: log}
+	h.hostName = cfg.Properties.HostName
+	if h.hostName == "" {
+		h.hostName = config.DefaultHostName
+	}
+	h.dataDir = cfg.Moat.DataDir
+	if h.dataDir == "" {
+		h.dataDir = config.DefaultDataDir
+	}
+	if err := os.MkdirAll(h.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+
+	names, ips := certificateNames(h.hostName, cfg.Moat.CertificateNames)
+	ca, err := pki.LoadOrCreate(filepath.Join(h.dataDir, "pki"), names, ips)
+	if err != nil {
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	h.ca = ca
+
+	policies, created, err := loadOrCreatePolicies(h.dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("shared access policies: %w", err)
+	}
+	if len(cfg.Properties.AuthorizationPolicies) > 0 {
+		policies = cfg.Properties.AuthorizationPolicies
+	}
+	h.policies = policies
+	if created {
+		log.Info("created shared access policies", "file", filepath.Join(h.dataDir, stateFile))
+	}
+
+	h.store, err = sqlitestore.Open(ctx, filepath.Join(h.dataDir, "registry.db"))
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	h.c2dStore, err = c2d.OpenSQLite(ctx, filepath.Join(h.dataDir, "c2d.db"))
+	if err != nil {
+		h.store.Close()
+		return nil, fmt.Errorf("cloud-to-device store: %w", err)
+	}
+	h.events = events.New()
+	h.c2d = c2d.New(h.c2dStore, log.With("component", "c2d"), nil)
+
+	// The registry calls the broker back; the broker is built after it.
+	var broker *mqttdevice.Broker
+	h.registry = registry.New(h.store, registry.Options{
+		HubName: h.hostName,
+		OnDesiredChange: func(d, m string, v int64, patch map[string]any) {
+			if broker != nil {
+				broker.DesiredChanged(d, m, v, patch)
+			}
+		},
+		OnIdentityChange: func(d, m string) {
+			if broker != nil {
+				broker.IdentityChanged(d, m)
+			}
+		},
+	})
+
+	h.metrics = prometheus.NewRegistry()
+	h.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h.telemetry = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_telemetry_messages_total", Help: "Device-to-cloud messages accepted."})
+	h.metrics.MustRegister(h.telemetry)
+
+	var transportRef methodTransport
+	h.methods = methods.New(&transportRef)
+	broker, err = mqttdevice.New(mqttdevice.Config{
+		HostName:  h.hostName,
+		Registry:  h.registry,
+		Policies:  h.Policies,
+		Methods:   h.methods,
+		C2D:       h.c2d,
+		Accept:    h.accept,
+		ClientCAs: ca.CAPool(),
+		Log:       log.With("component", "mqtt"),
+	})
+	if err != nil {
+		h.close()
+		return nil, err
+	}
+	h.broker = broker
+	transportRef.b = broker
+	h.c2d.SetNotify(broker.Notify)
+	h.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_connected_devices", Help: "Authenticated MQTT connections."}, func() float64 { return float64(broker.Connected()) }))
+
+	h.api = serviceapi.New(serviceapi.Config{
+		HostName:         h.hostName,
+		Policies:         h.Policies,
+		Registry:         h.registry,
+		Methods:          h.methods,
+		C2D:              h.c2d,
+		Events:           h.events,
+		Log:              log.With("component", "serviceapi"),
+		ConnectedDevices: broker.Connected,
+	})
+	for _, c := range h.api.Collectors() {
+		h.metrics.MustRegister(c)
+	}
+	return h, nil
+}
+
+// methodTransport breaks the construction cycle between the method invoker and
+// the broker.
+type methodTransport struct{ b *mqttdevice.Broker }
+
+func (t *methodTransport) SendMethod(d, m, name, rid string, payload []byte) error {
+	return t.b.SendMethod(d, m, name, rid, payload)
+}
+
+// Policies returns the shared access policies in force.
+func (h *Hub) Policies() []sas.Policy { return h.policies }
+
+// accept takes a device's telemetry. Until routing's durable log exists it goes
+// to the built-in events stream.
+func (h *Hub) accept(_ context.Context, m message.Message) error {
+	h.telemetry.Inc()
+	h.events.Publish(m)
+	return nil
+}
+
+func certificateNames(host string, extra []string) ([]string, []net.IP) {
+	names := []string{"localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, n := range append([]string{host}, extra...) {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else if n != "" && !strings.EqualFold(n, "localhost") {
+			names = append(names, n)
+		}
+	}
+	return names, ips
+}
+
+func (h *Hub) tlsConfig() *tls.Config {
+	cert := h.ca.ServerCertificate()
+	min := uint16(tls.VersionTLS12)
+	if h.cfg.Properties.MinTLSVersion == "1.3" {
+		min = tls.VersionTLS13
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   min,
+		// X.509 devices present a certificate; the MQTT layer decides, so that an
+		// unknown certificate is refused with CONNACK 5 rather than a TLS alert.
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{"http/1.1"},
+	}
+}
+
+// Run starts every listener and serves until ctx ends, then shuts down.
+func (h *Hub) Run(ctx context.Context) error {
+	defer h.close()
+	if err := h.broker.Start(); err != nil {
+		return err
+	}
+	l := h.cfg.Moat.Listeners
+	tlsConf := h.tlsConfig()
+	admit := transport.Admit(nil) // network policy plugs in here
+
+	var lns []net.Listener
+	listen := func(name, addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, o := range lns {
+				o.Close()
+			}
+			return nil, fmt.Errorf("listen %s on %s: %w", name, addr, err)
+		}
+		lns = append(lns, ln)
+		return transport.Listener(ln, name, admit), nil
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	ready := []any{}
+
+	if a := config.Addr(l.MQTT, config.DefaultMQTT); a != "" {
+		ln, err := listen("mqtts", a)
+		if err != nil {
+			return err
+		}
+		s := &transport.StreamServer{Name: "mqtts", TLS: tlsConf, Handler: h.broker.ServeConn, Log: h.log}
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- s.Serve(runCtx, ln) }()
+		ready = append(ready, "mqtts", ln.Addr().String())
+	}
+	if a := config.Addr(l.MQTTPlain, ""); a != "" {
+		ln, err := listen("mqtt", a)
+		if err != nil {
+			return err
+		}
+		s := &transport.StreamServer{Name: "mqtt", Handler: h.broker.ServeConn, Log: h.log}
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- s.Serve(runCtx, ln) }()
+		ready = append(ready, "mqtt", ln.Addr().String())
+	}
+	var servers []*http.Server
+	if a := config.Addr(l.HTTPS, config.DefaultHTTPS); a != "" {
+		ln, err := listen("https", a)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle(transport.WebSocketPath, transport.WebSocketHandler("wss", h.broker.ServeConn, h.log))
+		mux.Handle("/", h.api)
+		srv := &http.Server{Handler: mux, TLSConfig: tlsConf, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug)}
+		servers = append(servers, srv)
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- ignoreClosed(srv.Serve(tls.NewListener(ln, tlsConf))) }()
+		ready = append(ready, "https", ln.Addr().String())
+	}
+	if a := config.Addr(l.Metrics, config.DefaultMetrics); a != "" {
+		ln, err := listen("metrics", a)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(h.metrics, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- ignoreClosed(srv.Serve(ln)) }()
+		ready = append(ready, "metrics", ln.Addr().String())
+	}
+	h.log.Info("moat hub ready", append([]any{"hostName", h.hostName, "dataDir", h.dataDir, "ca", h.ca.Paths().CACert}, ready...)...)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	h.log.Info("shutting down")
+	cancel()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	shutCtx, shutCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer shutCancel()
+	for _, s := range servers {
+		_ = s.Shutdown(shutCtx)
+	}
+	if err := h.broker.Close(); err != nil {
+		h.log.Warn("closing broker", "error", err)
+	}
+	wg.Wait()
+	return runErr
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (h *Hub) close() {
+	if h.c2dStore != nil {
+		h.c2dStore.Close()
+	}
+	if h.store != nil {
+		h.store.Close()
+	}
+}

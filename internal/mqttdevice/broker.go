@@ -1,0 +1,154 @@
+// Package mqttdevice is IoT Hub's MQTT device protocol on top of the mochi-mqtt
+// broker core: it authenticates CONNECTs (SAS tokens and X.509) against the
+// registry, confines every identity to its own topics, turns telemetry
+// publishes into messages, serves twin and method topics, and delivers
+// cloud-to-device messages. Plain MQTT topics outside IoT Hub's namespace work
+// as in any broker for authenticated clients.
+package mqttdevice
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-iot/moat/internal/c2d"
+	"github.com/moat-iot/moat/internal/message"
+	"github.com/moat-iot/moat/internal/methods"
+	"github.com/moat-iot/moat/internal/mqttframe"
+	"github.com/moat-iot/moat/internal/registry"
+	"github.com/moat-iot/moat/internal/sas"
+)
+
+// MaxMessageSize is IoT Hub's device-to-cloud message limit.
+const MaxMessageSize = 256 * 1024
+
+// Config wires the broker to the hub.
+type Config struct {
+	HostName string
+	Registry *registry.Registry
+	// Policies returns the current shared access policies (for policy-signed
+	// device tokens, which need DeviceConnect).
+	Policies func() []sas.Policy
+	Methods  *methods.Invoker
+	C2D      *c2d.Queue
+	// Accept takes an accepted telemetry message. It must make the message
+	// durable (or hand it to where it is) before returning nil: the device's
+	// PUBACK is sent only afterwards. An error disconnects the device without
+	// an acknowledgement, so it sends again.
+	Accept func(ctx context.Context, m message.Message) error
+	// ClientCAs verifies devices whose authentication type is
+	// certificateAuthority.
+	ClientCAs *x509.CertPool
+	Log       *slog.Logger
+	Now       func() time.Time
+}
+
+// Broker is the device-facing MQTT server.
+type Broker struct {
+	cfg    Config
+	server *mqtt.Server
+	log    *slog.Logger
+
+	// sessions maps a live *mqtt.Client to what its CONNECT established.
+	sessions sync.Map // *mqtt.Client -> *session
+	c2d      *c2dDelivery
+
+	connected atomic.Int64
+	ctx       context.Context
+	cancel    context.CancelFunc
+}
+
+// New builds the broker. Call Start before ServeConn.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumQos = 1
+	caps.RetainAvailable = 0 // IoT Hub does not keep retained messages
+	caps.MaximumPacketSize = MaxMessageSize + 16*1024
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true // strict MQTT 5 clients reject inherited user properties
+	caps.MaximumSessionExpiryInterval = 7 * 24 * 3600
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		InlineClient: true,
+		Logger:       cfg.Log.With("component", "mqtt"),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Broker{cfg: cfg, server: srv, log: cfg.Log, ctx: ctx, cancel: cancel}
+	b.c2d = newC2DDelivery(b)
+	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
+		cancel()
+		return nil, fmt.Errorf("add mqtt hook: %w", err)
+	}
+	return b, nil
+}
+
+// Start starts the broker's housekeeping loops.
+func (b *Broker) Start() error {
+	if err := b.server.Serve(); err != nil {
+		return fmt.Errorf("start mqtt server: %w", err)
+	}
+	return nil
+}
+
+// Close disconnects every client and stops the broker.
+func (b *Broker) Close() error {
+	b.cancel()
+	return b.server.Close()
+}
+
+// ServeConn runs one client connection (TLS already terminated, or a WebSocket
+// stream) until it ends. listener names where it came from, for logs and metrics.
+func (b *Broker) ServeConn(c net.Conn, listener string) error {
+	g := mqttframe.Guard(c, mqttframe.Options{
+		MaxPacketSize: MaxMessageSize + 16*1024,
+		OnReject: func(reason error) {
+			b.log.Warn("malformed MQTT packet; closing connection", "listener", listener, "remote", c.RemoteAddr().String(), "reason", reason.Error())
+		},
+	})
+	return b.server.EstablishConnection(listener, g)
+}
+
+// Connected is the number of authenticated live connections.
+func (b *Broker) Connected() int { return int(b.connected.Load()) }
+
+// client returns the live client of an identity, if connected.
+func (b *Broker) client(id identity) (*mqtt.Client, *session, bool) {
+	cl, ok := b.server.Clients.Get(id.clientID())
+	if !ok || cl.Closed() {
+		return nil, nil, false
+	}
+	v, ok := b.sessions.Load(cl)
+	if !ok {
+		return nil, nil, false
+	}
+	return cl, v.(*session), true
+}
+
+// publishDirect writes a QoS 0 publish to one client. IoT Hub's twin and method
+// topics are shared filter names across devices, so these must never go through
+// the broker's topic fan-out.
+func publishDirect(cl *mqtt.Client, topic string, payload []byte) error {
+	return cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   topic,
+		Payload:     payload,
+	})
+}
+
+func subscribed(cl *mqtt.Client, filter string) bool {
+	_, ok := cl.State.Subscriptions.Get(filter)
+	return ok
+}

@@ -1,0 +1,264 @@
+package mqttdevice
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-iot/moat/internal/errcode"
+	"github.com/moat-iot/moat/internal/message"
+)
+
+// hook adapts the broker to mochi's hook events.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "iothub" }
+
+func (h *hook) Provides(e byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSubscribed,
+		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
+	}, []byte{e})
+}
+
+// OnConnect authenticates before mochi sends CONNACK so that a refusal is
+// CONNACK 5 (not authorized), which the SDK reports as UnauthorizedError and
+// does not retry, rather than a silent close.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	b := h.b
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	s, err := b.authenticate(ctx, cl.ID, pk.Connect.Username, pk.Connect.Password, cl.Net.Conn)
+	if err != nil {
+		var r *refusal
+		if errors.As(err, &r) {
+			b.log.Info("device connection refused", "clientId", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener, "reason", r.reason)
+		} else {
+			b.log.Error("device authentication failed", "clientId", cl.ID, "error", err)
+		}
+		_ = b.server.SendConnack(cl, packets.ErrNotAuthorized, false, nil)
+		return errNotAuthorized
+	}
+	if s.token != nil {
+		// IoT Hub closes a connection whose token expires; the SDK renews
+		// before that by reconnecting.
+		d := time.Until(s.token.Expiry)
+		s.expiry = time.AfterFunc(d, func() {
+			b.log.Info("SAS token expired; disconnecting", "clientId", cl.ID)
+			_ = b.server.DisconnectClient(cl, packets.ErrNotAuthorized)
+		})
+	}
+	b.sessions.Store(cl, s)
+	return nil
+}
+
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	_, ok := h.b.sessions.Load(cl)
+	return ok
+}
+
+func (h *hook) sessionOf(cl *mqtt.Client) *session {
+	v, ok := h.b.sessions.Load(cl)
+	if !ok {
+		return nil
+	}
+	return v.(*session)
+}
+
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	s := h.sessionOf(cl)
+	if s == nil {
+		return false
+	}
+	if write {
+		pt, err := classifyPublish(s.id, topic)
+		return err == nil && pt.Kind != topicForbidden
+	}
+	return canRead(s.id, topic)
+}
+
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	b := h.b
+	s := h.sessionOf(cl)
+	if s == nil {
+		return
+	}
+	b.connected.Add(1)
+	b.log.Info("device connected", "clientId", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener, "auth", s.authMethod, "clean", pk.Connect.Clean)
+	if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, true); err != nil {
+		b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
+	}
+	if s.id.ModuleID == "" {
+		b.c2d.sessionStarted(cl, s.id.DeviceID, pk.Connect.Clean)
+	}
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	b := h.b
+	v, ok := b.sessions.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	s := v.(*session)
+	s.stop()
+	b.connected.Add(-1)
+	b.log.Info("device disconnected", "clientId", cl.ID, "reason", fmt.Sprint(err))
+	if cl.IsTakenOver() {
+		return // the new connection owns the state now
+	}
+	if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, false); err != nil {
+		b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
+	}
+}
+
+// OnPacketRead closes connections that publish at QoS 2, as IoT Hub does.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2 {
+		h.b.log.Info("QoS 2 publish is not supported; closing connection", "clientId", cl.ID)
+		return pk, packets.ErrQosNotSupported
+	}
+	return pk, nil
+}
+
+// OnPublish handles IoT Hub topics. It runs before mochi sends the PUBACK, so an
+// accepted telemetry message is handed to Accept (durable) first.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	b := h.b
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	s := h.sessionOf(cl)
+	if s == nil {
+		return pk, packets.ErrRejectPacket
+	}
+	pk.FixedHeader.Retain = false // IoT Hub keeps no retained messages
+	pt, err := classifyPublish(s.id, pk.TopicName)
+	if err != nil {
+		return h.drop(cl, "malformed topic: "+err.Error())
+	}
+	if len(pk.Payload) > MaxMessageSize {
+		return h.drop(cl, fmt.Sprintf("message of %d bytes exceeds %d", len(pk.Payload), MaxMessageSize))
+	}
+	switch pt.Kind {
+	case topicTelemetry:
+		m, err := telemetryMessage(s, pt.Bag, pk.Payload, b.cfg.Now())
+		if err != nil {
+			return h.drop(cl, err.Error())
+		}
+		if err := b.cfg.Accept(b.ctx, m); err != nil {
+			b.log.Error("telemetry not accepted; closing connection so the device resends", "clientId", cl.ID, "error", err)
+			cl.Stop(err)
+			return pk, packets.ErrRejectPacket
+		}
+		return pk, packets.CodeSuccessIgnore
+	case topicTwinGet:
+		h.twinGet(cl, s, pt.RID)
+		return pk, packets.CodeSuccessIgnore
+	case topicTwinReported:
+		h.twinReported(cl, s, pt.RID, pk.Payload)
+		return pk, packets.CodeSuccessIgnore
+	case topicMethodResponse:
+		if err := b.cfg.Methods.Respond(s.id.DeviceID, s.id.ModuleID, pt.RID, pt.Status, pk.Payload); err != nil {
+			b.log.Debug("method response matched no pending call", "clientId", cl.ID, "rid", pt.RID)
+		}
+		return pk, packets.CodeSuccessIgnore
+	}
+	return pk, nil
+}
+
+// drop closes a connection that sent something IoT Hub would refuse; MQTT 3.1.1
+// has no negative acknowledgement.
+func (h *hook) drop(cl *mqtt.Client, reason string) (packets.Packet, error) {
+	h.b.log.Info("publish refused; closing connection", "clientId", cl.ID, "reason", reason)
+	_ = h.b.server.DisconnectClient(cl, packets.ErrProtocolViolation)
+	cl.Stop(errors.New(reason))
+	return packets.Packet{}, packets.ErrRejectPacket
+}
+
+func telemetryMessage(s *session, bag string, payload []byte, now time.Time) (message.Message, error) {
+	sys, app, err := message.DecodeBag(bag)
+	if err != nil {
+		return message.Message{}, fmt.Errorf("bad property bag: %w", err)
+	}
+	if sys == nil {
+		sys = make(map[string]string, 4)
+	}
+	sys[message.SysConnectionDevice] = s.id.DeviceID
+	if s.id.ModuleID != "" {
+		sys[message.SysConnectionModule] = s.id.ModuleID
+	}
+	sys[message.SysConnectionAuth] = s.authMethod
+	sys[message.SysConnectionAuthGen] = s.genID
+	now = now.UTC()
+	sys[message.SysEnqueuedTime] = now.Format(time.RFC3339Nano)
+	return message.Message{Body: bytes.Clone(payload), System: sys, Properties: app, Enqueued: now}, nil
+}
+
+func (h *hook) twinGet(cl *mqtt.Client, s *session, rid string) {
+	b := h.b
+	tw, err := b.cfg.Registry.GetTwin(b.ctx, s.id.DeviceID, s.id.ModuleID)
+	if err != nil {
+		h.twinError(cl, rid, err)
+		return
+	}
+	body, err := json.Marshal(map[string]any{"desired": tw.Properties.Desired, "reported": tw.Properties.Reported})
+	if err != nil {
+		h.twinError(cl, rid, err)
+		return
+	}
+	_ = publishDirect(cl, "$iothub/twin/res/200/?$rid="+rid, body)
+}
+
+func (h *hook) twinReported(cl *mqtt.Client, s *session, rid string, body []byte) {
+	b := h.b
+	v, err := b.cfg.Registry.UpdateReported(b.ctx, s.id.DeviceID, s.id.ModuleID, body)
+	if err != nil {
+		h.twinError(cl, rid, err)
+		return
+	}
+	_ = publishDirect(cl, fmt.Sprintf("$iothub/twin/res/204/?$rid=%s&$version=%d", rid, v), nil)
+}
+
+func (h *hook) twinError(cl *mqtt.Client, rid string, err error) {
+	e := errcode.From(err)
+	if e.Code == errcode.ServerError {
+		h.b.log.Error("twin operation failed", "clientId", cl.ID, "error", err)
+	}
+	body, _ := json.Marshal(map[string]any{"errorCode": e.Code.Number, "message": e.Message})
+	_ = publishDirect(cl, fmt.Sprintf("$iothub/twin/res/%d/?$rid=%s", e.Code.Status, rid), body)
+}
+
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	s := h.sessionOf(cl)
+	if s == nil || s.id.ModuleID != "" {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i < len(codes) && codes[i] < 0x80 && canRead(s.id, f.Filter) && len(f.Filter) > len("devices/") && f.Filter[:len("devices/")] == "devices/" {
+			h.b.c2d.kick(s.id.DeviceID)
+			return
+		}
+	}
+}
+
+func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	h.b.c2d.onQosPublish(cl, pk)
+}
+
+func (h *hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	h.b.c2d.onQosComplete(cl, pk)
+}
+
+func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.b.c2d.onQosDropped(cl, pk)
+}

@@ -1,0 +1,379 @@
+// Package sqlitestore is the embedded registry.Store: one SQLite file in WAL
+// mode with full fsync, one writer connection (SQLite serialises writers
+// anyway; a single connection makes that explicit and avoids busy retries) and
+// a small pool of readers that WAL lets run beside it.
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/moat-iot/moat/internal/registry"
+
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+)
+
+// Store is a registry.Store over SQLite.
+type Store struct {
+	w *sql.DB // the one writer connection
+	r *sql.DB // readers
+}
+
+var _ registry.Store = (*Store)(nil)
+
+// migrations bring the schema from version i to i+1 (PRAGMA user_version).
+// Append only; never edit a released step.
+var migrations = []string{
+	`CREATE TABLE devices (
+		device_id     TEXT PRIMARY KEY,
+		status        TEXT NOT NULL,
+		identity      BLOB NOT NULL,
+		twin          BLOB NOT NULL,
+		connected     INTEGER NOT NULL DEFAULT 0,
+		conn_updated  INTEGER,
+		last_activity INTEGER
+	) WITHOUT ROWID;
+	CREATE TABLE modules (
+		device_id     TEXT NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+		module_id     TEXT NOT NULL,
+		identity      BLOB NOT NULL,
+		twin          BLOB NOT NULL,
+		connected     INTEGER NOT NULL DEFAULT 0,
+		conn_updated  INTEGER,
+		last_activity INTEGER,
+		PRIMARY KEY (device_id, module_id)
+	) WITHOUT ROWID;
+	CREATE INDEX devices_status ON devices(status);`,
+}
+
+// Open opens (creating if needed) the registry database at path and brings its
+// schema up to date.
+func Open(ctx context.Context, path string) (*Store, error) {
+	base := "file:" + escapePath(path) + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)"
+	w, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open registry %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open registry %s: %w", path, err)
+	}
+	r, err := sql.Open("sqlite", base+"&_pragma=query_only(1)")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open registry %s readers: %w", path, err)
+	}
+	n := max(2, runtime.GOMAXPROCS(0))
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	if err := r.PingContext(ctx); err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("open registry %s readers: %w", path, err)
+	}
+	return &Store{w: w, r: r}, nil
+}
+
+// escapePath keeps a file name whole inside a "file:" URI, which SQLite
+// percent-decodes.
+func escapePath(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23").Replace(p)
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	var v int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this build knows (%d)", v, len(migrations))
+	}
+	for ; v < len(migrations); v++ {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migrate to %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate to %d: %w", v+1, err)
+		}
+		// PRAGMA takes no parameters; v is an int we control.
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, v+1)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate to %d: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate to %d: %w", v+1, err)
+		}
+	}
+	return nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func getRecord(ctx context.Context, q queryer, key registry.Key) (*registry.Record, error) {
+	rec := &registry.Record{Key: key}
+	var conn int
+	var updated, activity sql.NullInt64
+	var row *sql.Row
+	if key.ModuleID == "" {
+		row = q.QueryRowContext(ctx, `SELECT status, identity, twin, connected, conn_updated, last_activity FROM devices WHERE device_id = ?`, key.DeviceID)
+	} else {
+		row = q.QueryRowContext(ctx, `SELECT '', identity, twin, connected, conn_updated, last_activity FROM modules WHERE device_id = ? AND module_id = ?`, key.DeviceID, key.ModuleID)
+	}
+	err := row.Scan(&rec.Status, &rec.Identity, &rec.Twin, &conn, &updated, &activity)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("get %s: %w", key, registry.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	rec.Conn = registry.Connection{Connected: conn != 0, UpdatedAt: fromNanos(updated), LastActivity: fromNanos(activity)}
+	return rec, nil
+}
+
+func toNanos(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixNano(), Valid: true}
+}
+
+func fromNanos(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.Unix(0, n.Int64).UTC()
+}
+
+// Get implements registry.Store.
+func (s *Store) Get(ctx context.Context, key registry.Key) (*registry.Record, error) {
+	return getRecord(ctx, s.r, key)
+}
+
+// Create implements registry.Store.
+func (s *Store) Create(ctx context.Context, rec *registry.Record) error {
+	return s.inTx(ctx, "create "+rec.Key.String(), func(tx *sql.Tx) error {
+		k := rec.Key
+		var exists int
+		var err error
+		if k.ModuleID == "" {
+			err = tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE device_id = ?`, k.DeviceID).Scan(&exists)
+		} else {
+			err = tx.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM devices WHERE device_id = ?) * 2 + (SELECT COUNT(*) FROM modules WHERE device_id = ? AND module_id = ?)`, k.DeviceID, k.DeviceID, k.ModuleID).Scan(&exists)
+			if err == nil {
+				if exists < 2 {
+					return registry.ErrNotFound
+				}
+				exists -= 2
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if exists > 0 {
+			return registry.ErrExists
+		}
+		c := rec.Conn
+		if k.ModuleID == "" {
+			_, err = tx.ExecContext(ctx, `INSERT INTO devices(device_id, status, identity, twin, connected, conn_updated, last_activity) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+				k.DeviceID, rec.Status, rec.Identity, rec.Twin, c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity))
+		} else {
+			_, err = tx.ExecContext(ctx, `INSERT INTO modules(device_id, module_id, identity, twin, connected, conn_updated, last_activity) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+				k.DeviceID, k.ModuleID, rec.Identity, rec.Twin, c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity))
+		}
+		return err
+	})
+}
+
+// Update implements registry.Store.
+func (s *Store) Update(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) error {
+	return s.inTx(ctx, "update "+key.String(), func(tx *sql.Tx) error {
+		rec, err := getRecord(ctx, tx, key)
+		if err != nil {
+			return err
+		}
+		if err := fn(rec); err != nil {
+			return passThrough{err}
+		}
+		if key.ModuleID == "" {
+			_, err = tx.ExecContext(ctx, `UPDATE devices SET status = ?, identity = ?, twin = ? WHERE device_id = ?`, rec.Status, rec.Identity, rec.Twin, key.DeviceID)
+		} else {
+			_, err = tx.ExecContext(ctx, `UPDATE modules SET identity = ?, twin = ? WHERE device_id = ? AND module_id = ?`, rec.Identity, rec.Twin, key.DeviceID, key.ModuleID)
+		}
+		return err
+	})
+}
+
+// Delete implements registry.Store.
+func (s *Store) Delete(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) ([]registry.Key, error) {
+	var keys []registry.Key
+	err := s.inTx(ctx, "delete "+key.String(), func(tx *sql.Tx) error {
+		keys = keys[:0]
+		rec, err := getRecord(ctx, tx, key)
+		if err != nil {
+			return err
+		}
+		if fn != nil {
+			if err := fn(rec); err != nil {
+				return passThrough{err}
+			}
+		}
+		keys = append(keys, key)
+		if key.ModuleID != "" {
+			_, err = tx.ExecContext(ctx, `DELETE FROM modules WHERE device_id = ? AND module_id = ?`, key.DeviceID, key.ModuleID)
+			return err
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT module_id FROM modules WHERE device_id = ? ORDER BY module_id`, key.DeviceID)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var m string
+			if err := rows.Scan(&m); err != nil {
+				rows.Close()
+				return err
+			}
+			keys = append(keys, registry.Key{DeviceID: key.DeviceID, ModuleID: m})
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		// Modules go by ON DELETE CASCADE.
+		_, err = tx.ExecContext(ctx, `DELETE FROM devices WHERE device_id = ?`, key.DeviceID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return keys, nil
+}
+
+// SetConnection implements registry.Store.
+func (s *Store) SetConnection(ctx context.Context, key registry.Key, c registry.Connection) error {
+	var res sql.Result
+	var err error
+	if key.ModuleID == "" {
+		res, err = s.w.ExecContext(ctx, `UPDATE devices SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ?`,
+			c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity), key.DeviceID)
+	} else {
+		res, err = s.w.ExecContext(ctx, `UPDATE modules SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ? AND module_id = ?`,
+			c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity), key.DeviceID, key.ModuleID)
+	}
+	if err != nil {
+		return fmt.Errorf("set connection %s: %w", key, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("set connection %s: %w", key, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("set connection %s: %w", key, registry.ErrNotFound)
+	}
+	return nil
+}
+
+// Scan implements registry.Store. It reads in one statement, so it sees one
+// snapshot of the table.
+func (s *Store) Scan(ctx context.Context, f registry.ScanFilter, fn func(rec *registry.Record) error) error {
+	var q string
+	var args []any
+	switch {
+	case !f.Modules:
+		q = `SELECT device_id, '', status, identity, twin, connected, conn_updated, last_activity FROM devices ORDER BY device_id`
+	case f.DeviceID != "":
+		q = `SELECT device_id, module_id, '', identity, twin, connected, conn_updated, last_activity FROM modules WHERE device_id = ? ORDER BY device_id, module_id`
+		args = append(args, f.DeviceID)
+	default:
+		q = `SELECT device_id, module_id, '', identity, twin, connected, conn_updated, last_activity FROM modules ORDER BY device_id, module_id`
+	}
+	if f.Limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, f.Limit)
+	}
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("scan: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		rec := &registry.Record{}
+		var conn int
+		var updated, activity sql.NullInt64
+		if err := rows.Scan(&rec.Key.DeviceID, &rec.Key.ModuleID, &rec.Status, &rec.Identity, &rec.Twin, &conn, &updated, &activity); err != nil {
+			return fmt.Errorf("scan: %w", err)
+		}
+		rec.Conn = registry.Connection{Connected: conn != 0, UpdatedAt: fromNanos(updated), LastActivity: fromNanos(activity)}
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("scan: %w", err)
+	}
+	return nil
+}
+
+// CountDevices implements registry.Store.
+func (s *Store) CountDevices(ctx context.Context) (map[string]int, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT status, COUNT(*) FROM devices GROUP BY status`)
+	if err != nil {
+		return nil, fmt.Errorf("count devices: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count devices: %w", err)
+		}
+		out[st] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count devices: %w", err)
+	}
+	return out, nil
+}
+
+// passThrough marks an error from a caller's closure, returned unwrapped.
+type passThrough struct{ err error }
+
+func (p passThrough) Error() string { return p.err.Error() }
+
+// inTx runs fn in a write transaction (BEGIN IMMEDIATE on the one writer
+// connection) and commits if fn succeeds.
+func (s *Store) inTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: begin: %w", what, err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		var p passThrough
+		if errors.As(err, &p) {
+			return p.err
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s: commit: %w", what, err)
+	}
+	return nil
+}
