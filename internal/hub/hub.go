@@ -273,6 +273,9 @@ func (h *Hub) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- ignoreClosed(srv.Serve(tls.NewListener(ln, tlsConf))) }()
 		ready = append(ready, "https", ln.Addr().String())
+		if err := writeEndpoint(h.dataDir, Endpoint{HostName: h.hostName, HTTPSAddress: ln.Addr().String()}); err != nil {
+			return err
+		}
 	}
 	if a := config.Addr(l.Metrics, config.DefaultMetrics); a != "" {
 		ln, err := listen("metrics", a)

@@ -79,3 +79,38 @@ func loadOrCreatePolicies(dataDir string) ([]sas.Policy, bool, error) {
 	}
 	return st.AuthorizationPolicies, true, nil
 }
+
+// endpointFile records where the hub serves, so that the CLI pointed at a data
+// directory finds the running hub.
+const endpointFile = "endpoint.json"
+
+// Endpoint is how clients reach a hub.
+type Endpoint struct {
+	HostName     string `json:"hostName"`
+	HTTPSAddress string `json:"httpsAddress,omitempty"`
+}
+
+// ReadEndpoint returns what a hub using dataDir last recorded.
+func ReadEndpoint(dataDir string) (Endpoint, error) {
+	var e Endpoint
+	b, err := os.ReadFile(filepath.Join(dataDir, endpointFile))
+	if err != nil {
+		return e, fmt.Errorf("read hub endpoint (has the hub been started with this data directory?): %w", err)
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("decode %s: %w", endpointFile, err)
+	}
+	return e, nil
+}
+
+func writeEndpoint(dataDir string, e Endpoint) error {
+	b, err := json.MarshalIndent(e, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dataDir, endpointFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("write hub endpoint: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dataDir, endpointFile))
+}

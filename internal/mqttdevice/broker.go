@@ -83,7 +83,9 @@ func New(cfg Config) (*Broker, error) {
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
-		Logger:       cfg.Log.With("component", "mqtt"),
+		// mochi logs whole packets (payloads included) at Warn; our hook logs
+		// what an operator needs, so only mochi's errors get through.
+		Logger: slog.New(minLevel{Handler: cfg.Log.Handler(), min: slog.LevelError}),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{cfg: cfg, server: srv, log: cfg.Log, ctx: ctx, cancel: cancel}
@@ -151,4 +153,22 @@ func publishDirect(cl *mqtt.Client, topic string, payload []byte) error {
 func subscribed(cl *mqtt.Client, filter string) bool {
 	_, ok := cl.State.Subscriptions.Get(filter)
 	return ok
+}
+
+// minLevel drops records below min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{Handler: h.Handler.WithAttrs(a), min: h.min}
+}
+
+func (h minLevel) WithGroup(n string) slog.Handler {
+	return minLevel{Handler: h.Handler.WithGroup(n), min: h.min}
 }

@@ -46,7 +46,12 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		} else {
 			b.log.Error("device authentication failed", "clientId", cl.ID, "error", err)
 		}
-		_ = b.server.SendConnack(cl, packets.ErrNotAuthorized, false, nil)
+		// MQTT 3.1.1 has no 0x87; mochi maps 0x86 to its return code 5.
+		code := packets.ErrNotAuthorized
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrBadUsernameOrPassword
+		}
+		_ = b.server.SendConnack(cl, code, false, nil)
 		return errNotAuthorized
 	}
 	if s.token != nil {

@@ -378,7 +378,7 @@ func checkMochiDecodes(t testing.TB, level byte, stream []byte) {
 		}
 		var pk packets.Packet
 		if err := pk.FixedHeader.Decode(b0); err != nil {
-			continue // mochi refuses it cleanly (e.g. DUP on QoS 0); we don't care
+			return // mochi refuses it cleanly (e.g. DUP on QoS 0) and closes
 		}
 		rem, _, err := packets.DecodeLength(br)
 		if err != nil {

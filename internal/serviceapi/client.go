@@ -409,6 +409,13 @@ var ErrStreamEnded = errors.New("serviceapi: the hub ended the events stream")
 // "") and calls fn for each record until ctx ends (it then returns ctx.Err()),
 // fn returns an error (returned as is), or the stream fails.
 func (c *Client) MonitorEvents(ctx context.Context, deviceID string, fn func(EventRecord) error) error {
+	return c.MonitorEventsReady(ctx, deviceID, nil, fn)
+}
+
+// MonitorEventsReady is MonitorEvents that also calls ready (if set) once the
+// hub has opened the stream, so a caller can tell when messages sent from then
+// on will be seen.
+func (c *Client) MonitorEventsReady(ctx context.Context, deviceID string, ready func(), fn func(EventRecord) error) error {
 	var q url.Values
 	if deviceID != "" {
 		q = url.Values{"deviceId": {deviceID}}
@@ -418,6 +425,9 @@ func (c *Client) MonitorEvents(ctx context.Context, deviceID string, fn func(Eve
 		return err
 	}
 	defer resp.Body.Close()
+	if ready != nil {
+		ready()
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), maxEventLine)
 	for sc.Scan() {

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -73,6 +74,7 @@ func newTestHub(t testing.TB, p hubParts) *testHub {
 	})
 	h.ts = httptest.NewUnstartedServer(h.srv)
 	h.ts.EnableHTTP2 = true
+	h.ts.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
 	h.ts.StartTLS()
 	t.Cleanup(h.ts.Close)
 	h.roots = x509.NewCertPool()

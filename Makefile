@@ -1,0 +1,61 @@
+# Moat build and test entry points. `make test` is the one test command (CI runs it).
+
+GO ?= go
+NODE ?= node
+NPM ?= npm
+STATICCHECK_VERSION ?= v0.8.2
+TOOLS := $(CURDIR)/bin/tools
+STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)
+E2E := test/e2e
+FUZZTIME ?= 5s
+# -race needs cgo; set GOTESTFLAGS= to drop it
+GOTESTFLAGS ?= -race -count=1
+
+.PHONY: all build test vet staticcheck gotest e2e e2e-deps fuzz-smoke run clean
+
+all: build
+
+build:
+	$(GO) build -o bin/moat ./cmd/moat
+
+test: vet staticcheck gotest e2e
+
+vet:
+	$(GO) vet ./...
+
+staticcheck: $(STATICCHECK)
+	$(STATICCHECK) ./...
+
+# pinned, installed into bin/tools so every machine runs the same checks
+$(STATICCHECK):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv $(TOOLS)/staticcheck $@
+
+gotest:
+	$(GO) test $(GOTESTFLAGS) ./...
+
+# npm ci only when node_modules is missing or older than the lock file
+$(E2E)/node_modules/.package-lock.json: $(E2E)/package-lock.json
+	cd $(E2E) && $(NPM) ci --no-audit --no-fund
+
+e2e-deps: $(E2E)/node_modules/.package-lock.json
+
+# the end-to-end suite with the official Azure IoT Node SDKs against bin/moat
+e2e: build e2e-deps
+	cd $(E2E) && MOAT_BIN=$(CURDIR)/bin/moat $(NODE) run.js
+
+# each fuzz target for $(FUZZTIME)
+fuzz-smoke:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$f"; \
+			$(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+run: build
+	./bin/moat serve
+
+clean:
+	rm -rf bin

@@ -1,0 +1,86 @@
+package cli
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-iot/moat/internal/config"
+	"github.com/moat-iot/moat/internal/hub"
+	"github.com/moat-iot/moat/internal/serviceapi"
+)
+
+// target is how a client command reaches a hub.
+type target struct {
+	dataDir, login, ca, address string
+}
+
+func (t *target) flags(c *cobra.Command) {
+	f := c.PersistentFlags()
+	f.StringVar(&t.dataDir, "data-dir", config.DefaultDataDir, "a local hub's data directory (owner policy, CA and address)")
+	f.StringVar(&t.login, "login", "", "service connection string (instead of --data-dir's owner policy)")
+	f.StringVar(&t.ca, "ca", "", "CA certificate PEM to trust (default: the data directory's CA)")
+	f.StringVar(&t.address, "address", "", "host:port of the service API (default: HostName:443, or what the local hub recorded)")
+}
+
+// ownerConnectionString builds a policy connection string from a data directory.
+func ownerConnectionString(dataDir, policy string) (string, error) {
+	pols, err := hub.LoadPolicies(dataDir)
+	if err != nil {
+		return "", err
+	}
+	ep, err := hub.ReadEndpoint(dataDir)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range pols {
+		if p.KeyName == policy {
+			return fmt.Sprintf("HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s", ep.HostName, p.KeyName, p.PrimaryKey), nil
+		}
+	}
+	return "", fmt.Errorf("no shared access policy %q in %s", policy, dataDir)
+}
+
+func (t *target) client() (*serviceapi.Client, error) {
+	cs := t.login
+	address := t.address
+	if cs == "" {
+		var err error
+		if cs, err = ownerConnectionString(t.dataDir, "iothubowner"); err != nil {
+			return nil, err
+		}
+		if address == "" {
+			if ep, err := hub.ReadEndpoint(t.dataDir); err == nil {
+				address = ep.HTTPSAddress
+			}
+		}
+	}
+	caFile := t.ca
+	if caFile == "" && t.login == "" {
+		caFile = filepath.Join(t.dataDir, "pki", "ca.pem")
+	}
+	var pool *x509.CertPool
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CA: %w", err)
+		}
+		pool = x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("no certificate in the CA file " + caFile)
+		}
+	}
+	return serviceapi.NewClient(cs, serviceapi.ClientOptions{Address: address, RootCAs: pool})
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

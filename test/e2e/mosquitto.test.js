@@ -1,0 +1,140 @@
+'use strict';
+// Plain MQTT 3.1.1 clients (Debian mosquitto-clients) speaking the IoT Hub
+// device protocol by hand: SAS token computed here, topic ACLs enforced.
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn, spawnSync } = require('node:child_process');
+const h = require('./lib/hub');
+
+const hub = h.attachHub();
+const haveMosquitto = spawnSync('sh', ['-c', 'command -v mosquitto_pub && command -v mosquitto_sub']).status === 0;
+const T = { timeout: 60000, skip: haveMosquitto ? false : 'mosquitto_pub/mosquitto_sub not installed (apt-get install mosquitto-clients)' };
+
+let monitor; // all devices
+let dev;
+let other;
+
+before(async () => {
+  if (!haveMosquitto) return;
+  dev = await hub.newDevice('mosq');
+  other = await hub.newDevice('mosq-other');
+  monitor = await hub.monitor();
+});
+
+after(async () => { if (monitor) await monitor.stop(); });
+
+function connArgs(d, { password } = {}) {
+  const token = password || h.sasToken(`${hub.host}/devices/${d.id}`, d.key);
+  return [
+    '-h', hub.addr, '-p', '8883', '--cafile', hub.caPath, '-V', 'mqttv311',
+    '-i', d.id, '-u', `${hub.host}/${d.id}/?api-version=2021-04-12`, '-P', token,
+  ];
+}
+
+function pub(d, topic, payload, extra = [], opts = {}) {
+  return h.run('mosquitto_pub', [...connArgs(d, opts), '-t', topic, '-m', payload, '-q', '1', '-d', ...extra], { timeout: 20000 });
+}
+
+// startSub runs mosquitto_sub in the background and lets the test watch its output.
+function startSub(d, topic, extra = []) {
+  const p = spawn('mosquitto_sub', [...connArgs(d), '-t', topic, '-q', '1', '-d', '-v', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const s = { out: '', err: '', proc: p };
+  p.stdout.on('data', (x) => { s.out += x; });
+  p.stderr.on('data', (x) => { s.err += x; });
+  s.exited = new Promise((resolve) => p.on('close', (code, signal) => resolve({ code, signal })));
+  s.stop = async () => {
+    if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
+    await h.withTimeout(s.exited, 5000, 'mosquitto_sub to exit').catch(() => p.kill('SIGKILL'));
+  };
+  return s;
+}
+
+test('mosquitto_pub with a SAS token computed in JS publishes telemetry with properties', T, async () => {
+  const payload = `hello from mosquitto ${h.uniqueId('p')}`;
+  const r = await pub(dev, `devices/${dev.id}/messages/events/a=b&sp%20ace=x%2Fy&%24.mid=mosq-1`, payload);
+  assert.equal(r.code, 0, `mosquitto_pub failed: ${r.stdout} ${r.stderr}`);
+  assert.match(r.stdout, /received CONNACK \(0\)/);
+  assert.match(r.stdout, /received PUBACK/);
+  const ev = await monitor.waitFor((e) => e.payload === payload, 10000, 'the mosquitto message');
+  assert.equal(ev.origin, dev.id);
+  assert.deepEqual(h.app(ev), { a: 'b', 'sp ace': 'x/y' });
+  assert.equal(h.sys(ev, 'message-id'), 'mosq-1');
+});
+
+test('a wrong SAS signature is refused with CONNACK 5 (not authorised)', T, async () => {
+  const bad = h.sasToken(`${hub.host}/devices/${dev.id}`, Buffer.alloc(32, 4).toString('base64'));
+  const r = await pub(dev, `devices/${dev.id}/messages/events/`, 'never', [], { password: bad });
+  assert.notEqual(r.code, 0);
+  assert.match(r.stdout + r.stderr, /not authori[sz]ed/i);
+});
+
+test('an expired SAS token is refused', T, async () => {
+  const expired = h.sasToken(`${hub.host}/devices/${dev.id}`, dev.key, Math.floor(Date.now() / 1000) - 60);
+  const r = await pub(dev, `devices/${dev.id}/messages/events/`, 'never', [], { password: expired });
+  assert.notEqual(r.code, 0);
+  assert.match(r.stdout + r.stderr, /not authori[sz]ed/i);
+});
+
+test("publishing to another device's telemetry topic is refused and never delivered", T, async () => {
+  const payload = `spoofed ${h.uniqueId('s')}`;
+  const r = await pub(dev, `devices/${other.id}/messages/events/`, payload);
+  // MQTT 3.1.1 has no negative PUBACK: the hub must close the connection instead
+  assert.doesNotMatch(r.stdout, /received PUBACK/, `the hub acknowledged a publish to another device's topic: ${r.stdout}`);
+  assert.notEqual(r.code, 0, `mosquitto_pub exited 0: ${r.stdout} ${r.stderr}`);
+  // a good message after it proves the monitor has caught up
+  const good = `after spoof ${h.uniqueId('g')}`;
+  const r2 = await pub(dev, `devices/${dev.id}/messages/events/`, good);
+  assert.equal(r2.code, 0, r2.stdout + r2.stderr);
+  await monitor.waitFor((e) => e.payload === good, 10000, 'the good message');
+  assert.ok(!monitor.events.items.some((e) => e.payload === payload), 'the spoofed message reached monitor-events');
+});
+
+test('publishing to a topic outside the device namespace is refused', T, async () => {
+  const r = await pub(dev, 'some/random/topic', 'nope');
+  assert.doesNotMatch(r.stdout, /received PUBACK/);
+  assert.notEqual(r.code, 0, `mosquitto_pub exited 0: ${r.stdout} ${r.stderr}`);
+});
+
+test("subscribing to another device's C2D topic is refused and gets nothing", T, async () => {
+  const s = startSub(dev, `devices/${other.id}/messages/devicebound/#`, ['-W', '6']);
+  try {
+    // wait until the SUBSCRIBE has been answered (SUBACK) or the connection is gone
+    await h.waitFor(() => /received SUBACK|Connection error|lost/i.test(s.out + s.err) || s.proc.exitCode !== null,
+      { timeout: 10000, what: 'a SUBACK or a disconnect for the forbidden subscription' });
+    const secret = h.uniqueId('secret');
+    await hub.cliOK(['device', 'send-c2d', '-d', other.id, '--data', secret]);
+    const { code } = await h.withTimeout(s.exited, 15000, 'mosquitto_sub to end');
+    const all = s.out + s.err;
+    assert.doesNotMatch(all, /Subscribed \(mid: \d+\): [012]\b/, `the hub granted the subscription: ${all}`);
+    assert.ok(!all.includes(secret), "another device's C2D message was delivered");
+    // 0x80 in the SUBACK: mosquitto_sub prints the 128 and gives up
+    assert.match(all, /Subscribed \(mid: \d+\): 128|denied/i, `mosquitto_sub output: ${all} (exit ${code})`);
+  } finally {
+    await s.stop();
+  }
+});
+
+test('mosquitto_sub on its own C2D topic receives a message sent with the CLI', T, async () => {
+  const sub = await hub.newDevice('mosq-sub');
+  const s = startSub(sub, `devices/${sub.id}/messages/devicebound/#`, ['-C', '1', '-W', '20']);
+  try {
+    await h.waitFor(() => /received SUBACK/.test(s.out), { timeout: 10000, what: 'SUBACK for the own C2D topic' });
+    assert.match(s.out, /Subscribed \(mid: \d+\): 1\b/, `granted QoS 1: ${s.out}`);
+    const mid = h.uniqueId('mc2d');
+    await hub.cliOK(['device', 'send-c2d', '-d', sub.id, '--data', 'c2d to mosquitto', '--message-id', mid, '--props', 'k=v/w']);
+    const { code } = await h.withTimeout(s.exited, 15000, 'mosquitto_sub to get one message');
+    assert.equal(code, 0, s.out + s.err);
+    const line = s.out.split('\n').find((l) => l.startsWith(`devices/${sub.id}/messages/devicebound/`));
+    assert.ok(line, `no devicebound message in: ${s.out}`);
+    const [topic, ...rest] = line.split(' ');
+    assert.equal(rest.join(' '), 'c2d to mosquitto');
+    const bag = topic.slice(`devices/${sub.id}/messages/devicebound/`.length);
+    assert.ok(!bag.includes('/'), `every '/' in the property bag must be percent-encoded: ${bag}`);
+    const props = Object.fromEntries(bag.split('&').filter(Boolean).map((kv) => kv.split('=').map(decodeURIComponent)));
+    assert.equal(props['$.mid'], mid);
+    assert.equal(props.k, 'v/w');
+  } finally {
+    await s.stop();
+  }
+});
