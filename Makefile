@@ -59,3 +59,15 @@ run: build
 
 clean:
 	rm -rf bin
+
+# The benchmark suite (internal/bench): starts bin/moat and Debian's Mosquitto on
+# loopback, runs every scenario and writes bench-results/results.{json,md}.
+.PHONY: bench bench-quick
+bench: build
+	$(GO) build -o bin/moatbench ./cmd/moatbench
+	./bin/moatbench --moat-bin bin/moat --out bench-results
+
+# the same, small (under a minute): a smoke test of the harness
+bench-quick: build
+	$(GO) build -o bin/moatbench ./cmd/moatbench
+	./bin/moatbench --quick --moat-bin bin/moat --out bench-results/quick

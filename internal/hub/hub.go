@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -55,12 +56,17 @@ type Hub struct {
 	metrics  *prometheus.Registry
 
 	telemetry prometheus.Counter
+
+	// ready is closed once Run has bound every listener; addrs then holds
+	// the bound address of each listener by name ("mqtts", "https", …).
+	ready chan struct{}
+	addrs map[string]string
 }
 
 // New opens the hub's state in the data directory, creating the CA, the server
 // certificate and the default policies on first start.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error) {
-	h := &Hub{cfg: cfg, log: log}
+	h := &Hub{cfg: cfg, log: log, ready: make(chan struct{}), addrs: map[string]string{}}
 	h.hostName = cfg.Properties.HostName
 	if h.hostName == "" {
 		h.hostName = config.DefaultHostName
@@ -169,6 +175,26 @@ type methodTransport struct{ b *mqttdevice.Broker }
 func (t *methodTransport) SendMethod(d, m, name, rid string, payload []byte) error {
 	return t.b.SendMethod(d, m, name, rid, payload)
 }
+
+// Ready is closed once Run has bound all its listeners (never, if Run fails
+// before that); Addrs is then complete.
+func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
+// Addrs returns the bound address of each listener by name ("mqtts", "mqtt",
+// "https", "metrics"), so that listeners configured on port 0 can be found.
+// It is complete once Ready is closed.
+func (h *Hub) Addrs() map[string]string {
+	select {
+	case <-h.ready:
+		return maps.Clone(h.addrs)
+	default:
+		return nil
+	}
+}
+
+// Authority returns the hub's private CA (for issuing device client
+// certificates).
+func (h *Hub) Authority() *pki.Authority { return h.ca }
 
 // Policies returns the shared access policies in force.
 func (h *Hub) Policies() []sas.Policy { return h.policies }
@@ -290,6 +316,10 @@ func (h *Hub) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); errc <- ignoreClosed(srv.Serve(ln)) }()
 		ready = append(ready, "metrics", ln.Addr().String())
 	}
+	for i := 0; i+1 < len(ready); i += 2 {
+		h.addrs[ready[i].(string)] = ready[i+1].(string)
+	}
+	close(h.ready)
 	h.log.Info("moat hub ready", append([]any{"hostName", h.hostName, "dataDir", h.dataDir, "ca", h.ca.Paths().CACert}, ready...)...)
 
 	var runErr error

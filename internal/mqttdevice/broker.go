@@ -150,11 +150,6 @@ func publishDirect(cl *mqtt.Client, topic string, payload []byte) error {
 	})
 }
 
-func subscribed(cl *mqtt.Client, filter string) bool {
-	_, ok := cl.State.Subscriptions.Get(filter)
-	return ok
-}
-
 // minLevel drops records below min.
 type minLevel struct {
 	slog.Handler

@@ -178,15 +178,22 @@ func (d *c2dDelivery) onQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	seq, ok := dev.byPacket[pk.PacketID]
 	if ok {
 		delete(dev.byPacket, pk.PacketID)
-		delete(dev.sent, seq)
 	}
 	dev.mu.Unlock()
 	if !ok {
 		return
 	}
+	// The message stays marked as sent until the queue has removed it, and no
+	// delivery pass runs meanwhile: a pass that found it in the queue but no
+	// longer marked would send a completed message again.
+	dev.deliver.Lock()
+	defer dev.deliver.Unlock()
 	if err := d.b.cfg.C2D.Complete(d.b.ctx, cl.ID, seq); err != nil {
 		d.b.log.Error("complete cloud-to-device message", "device", cl.ID, "error", err)
 	}
+	dev.mu.Lock()
+	delete(dev.sent, seq)
+	dev.mu.Unlock()
 }
 
 func (d *c2dDelivery) onQosDropped(cl *mqtt.Client, pk packets.Packet) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/moat-iot/moat/internal/errcode"
 	"github.com/moat-iot/moat/internal/message"
+	"github.com/moat-iot/moat/internal/twin"
 )
 
 // hook adapts the broker to mochi's hook events.
@@ -27,7 +28,7 @@ func (h *hook) Provides(e byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSubscribed,
-		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
+		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnWill,
 	}, []byte{e})
 }
 
@@ -39,6 +40,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
 	defer cancel()
 	s, err := b.authenticate(ctx, cl.ID, pk.Connect.Username, pk.Connect.Password, cl.Net.Conn)
+	if err == nil && pk.Connect.WillFlag {
+		err = checkWill(s.id, pk.Connect.WillTopic)
+	}
 	if err != nil {
 		var r *refusal
 		if errors.As(err, &r) {
@@ -59,12 +63,51 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// before that by reconnecting.
 		d := time.Until(s.token.Expiry)
 		s.expiry = time.AfterFunc(d, func() {
-			b.log.Info("SAS token expired; disconnecting", "clientId", cl.ID)
-			_ = b.server.DisconnectClient(cl, packets.ErrNotAuthorized)
+			b.closeClient(cl, packets.ErrNotAuthorized, "SAS token expired")
 		})
 	}
 	b.sessions.Store(cl, s)
 	return nil
+}
+
+// checkWill admits a will only on the identity's own telemetry topic (IoT
+// Hub's documented will topic) or a plain topic. mochi publishes a will
+// without the checks a device's own publishes pass, so a will on another
+// device's cloud-to-device topic or on the twin and method topics every
+// device subscribes to would reach other devices.
+func checkWill(id identity, topic string) error {
+	pt, err := classifyPublish(id, topic)
+	if err != nil {
+		return refuse("will topic: %v", err)
+	}
+	if pt.Kind != topicTelemetry && pt.Kind != topicOther {
+		return refuse("will topic %q is neither the identity's telemetry nor a plain topic", topic)
+	}
+	return nil
+}
+
+// OnWill turns a will on the identity's telemetry topic into a telemetry
+// message, as IoT Hub does; the broker's own fan-out of it reaches nobody,
+// since no client may subscribe to telemetry topics.
+func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	b := h.b
+	s := h.sessionOf(cl)
+	if s == nil {
+		return will, nil
+	}
+	pt, err := classifyPublish(s.id, will.TopicName)
+	if err != nil || pt.Kind != topicTelemetry {
+		return will, nil
+	}
+	m, err := telemetryMessage(s, pt.Bag, will.Payload, b.cfg.Now())
+	if err != nil {
+		b.log.Info("will message dropped", "clientId", cl.ID, "reason", err.Error())
+		return will, nil
+	}
+	if err := b.cfg.Accept(b.ctx, m); err != nil {
+		b.log.Error("will message not accepted", "clientId", cl.ID, "error", err)
+	}
+	return will, nil
 }
 
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
@@ -86,8 +129,19 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	if write {
+		// IoT Hub closes a connection that publishes outside its identity's
+		// topics whatever the QoS; mochi alone would drop a QoS 0 publish
+		// silently and keep the connection.
 		pt, err := classifyPublish(s.id, topic)
-		return err == nil && pt.Kind != topicForbidden
+		switch {
+		case err != nil:
+			h.b.closeClient(cl, packets.ErrTopicNameInvalid, "malformed topic: "+err.Error())
+			return false
+		case pt.Kind == topicForbidden:
+			h.b.closeClient(cl, packets.ErrNotAuthorized, "publish outside the identity's topics")
+			return false
+		}
+		return true
 	}
 	return canRead(s.id, topic)
 }
@@ -127,10 +181,12 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 }
 
 // OnPacketRead closes connections that publish at QoS 2, as IoT Hub does.
+// Only ErrRejectPacket ends the connection: mochi ignores other hook errors
+// here and would answer the publish.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2 {
-		h.b.log.Info("QoS 2 publish is not supported; closing connection", "clientId", cl.ID)
-		return pk, packets.ErrQosNotSupported
+		h.b.closeClient(cl, packets.ErrQosNotSupported, "QoS 2 publish is not supported")
+		return pk, packets.ErrRejectPacket
 	}
 	return pk, nil
 }
@@ -184,10 +240,19 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 // drop closes a connection that sent something IoT Hub would refuse; MQTT 3.1.1
 // has no negative acknowledgement.
 func (h *hook) drop(cl *mqtt.Client, reason string) (packets.Packet, error) {
-	h.b.log.Info("publish refused; closing connection", "clientId", cl.ID, "reason", reason)
-	_ = h.b.server.DisconnectClient(cl, packets.ErrProtocolViolation)
-	cl.Stop(errors.New(reason))
+	h.b.closeClient(cl, packets.ErrProtocolViolation, reason)
 	return packets.Packet{}, packets.ErrRejectPacket
+}
+
+// closeClient ends a connection that broke IoT Hub's rules. An MQTT 5 client
+// is told why with a DISCONNECT first; MQTT 3.1.1 has no server DISCONNECT, so
+// such a client just sees the connection close.
+func (b *Broker) closeClient(cl *mqtt.Client, code packets.Code, reason string) {
+	b.log.Info("closing connection", "clientId", cl.ID, "reason", reason)
+	if cl.Properties.ProtocolVersion >= 5 {
+		_ = b.server.DisconnectClient(cl, code)
+	}
+	cl.Stop(fmt.Errorf("%s: %s", code.Reason, reason))
 }
 
 func telemetryMessage(s *session, bag string, payload []byte, now time.Time) (message.Message, error) {
@@ -239,8 +304,13 @@ func (h *hook) twinError(cl *mqtt.Client, rid string, err error) {
 	if e.Code == errcode.ServerError {
 		h.b.log.Error("twin operation failed", "clientId", cl.ID, "error", err)
 	}
-	body, _ := json.Marshal(map[string]any{"errorCode": e.Code.Number, "message": e.Message})
-	_ = publishDirect(cl, fmt.Sprintf("$iothub/twin/res/%d/?$rid=%s", e.Code.Status, rid), body)
+	status, number := e.Code.Status, e.Code.Number
+	if twin.IsTooLarge(err) {
+		// Over MQTT IoT Hub answers an oversize twin with 413.
+		status, number = errcode.MessageTooLarge.Status, errcode.MessageTooLarge.Number
+	}
+	body, _ := json.Marshal(map[string]any{"errorCode": number, "message": e.Message})
+	_ = publishDirect(cl, fmt.Sprintf("$iothub/twin/res/%d/?$rid=%s", status, rid), body)
 }
 
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {

@@ -65,9 +65,7 @@ func (b *Broker) IdentityChanged(deviceID, moduleID string) {
 			continue
 		}
 		if reason := b.stillAllowed(ctx, s); reason != "" {
-			b.log.Info("disconnecting identity after registry change", "clientId", cl.ID, "reason", reason)
-			_ = b.server.DisconnectClient(cl, packets.ErrNotAuthorized)
-			cl.Stop(fmt.Errorf("identity changed: %s", reason))
+			b.closeClient(cl, packets.ErrNotAuthorized, "identity changed: "+reason)
 		}
 	}
 }

@@ -164,13 +164,6 @@ func requestID(query string) string {
 	return ""
 }
 
-// Subscription filters an identity may hold.
-const (
-	filterMethods = "$iothub/methods/POST/#"
-	filterTwinRes = "$iothub/twin/res/#"
-	filterDesired = "$iothub/twin/PATCH/properties/desired/#"
-)
-
 func deviceboundPrefix(id identity) string {
 	return "devices/" + id.DeviceID + "/messages/devicebound/"
 }

@@ -91,10 +91,12 @@ func (c *chunkConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *chunkConn) Write(p []byte) (int, error)        { return len(p), nil }
-func (c *chunkConn) Close() error                       { c.closed = true; return nil }
-func (c *chunkConn) LocalAddr() net.Addr                { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8883} }
-func (c *chunkConn) RemoteAddr() net.Addr               { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 50000} }
+func (c *chunkConn) Write(p []byte) (int, error) { return len(p), nil }
+func (c *chunkConn) Close() error                { c.closed = true; return nil }
+func (c *chunkConn) LocalAddr() net.Addr         { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8883} }
+func (c *chunkConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 50000}
+}
 func (c *chunkConn) SetDeadline(t time.Time) error      { return nil }
 func (c *chunkConn) SetReadDeadline(t time.Time) error  { return nil }
 func (c *chunkConn) SetWriteDeadline(t time.Time) error { return nil }

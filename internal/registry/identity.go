@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -83,7 +84,7 @@ func decodeStrict(body []byte, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return errcode.Wrap(errcode.IotHubFormatError, err, "body is not a valid identity")
 	}
-	if _, err := dec.Token(); err == nil {
+	if _, err := dec.Token(); err != io.EOF {
 		return errcode.New(errcode.IotHubFormatError, "body has data after the JSON value")
 	}
 	return nil

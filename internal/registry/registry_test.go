@@ -97,15 +97,20 @@ func wantCode(t *testing.T, err error, c errcode.Code) {
 	}
 }
 
-func must[T any](t testing.TB, v T, err error) T {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
+// must(f())(t) returns f's value or fails t.
+func must[T any](v T, err error) func(testing.TB) T {
+	return func(t testing.TB) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
 	}
-	return v
 }
 
-func key(b byte) string { return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32))) }
+func key(b byte) string {
+	return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32)))
+}
 
 const thumbA = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 const thumbB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -148,7 +153,7 @@ func TestDeviceIDs(t *testing.T) {
 
 func TestCreateDeviceDefaults(t *testing.T) {
 	h := newHarness(t)
-	d := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d1", Authentication: registry.Authentication{Type: "sas"}}))
+	d := must(h.CreateDevice(ctx, registry.Device{DeviceID: "d1", Authentication: registry.Authentication{Type: "sas"}}))(t)
 	if d.GenerationID == "" || d.ETag == "" || d.Status != registry.StatusEnabled || d.ConnectionState != registry.Disconnected {
 		t.Errorf("created device %+v", d)
 	}
@@ -163,17 +168,17 @@ func TestCreateDeviceDefaults(t *testing.T) {
 	if d.Authentication.SymmetricKey.PrimaryKey == d.Authentication.SymmetricKey.SecondaryKey {
 		t.Errorf("primary and secondary keys are equal")
 	}
-	b := string(must(t, json.Marshal(d)))
+	b := string(must(json.Marshal(d))(t))
 	for _, want := range []string{`"statusUpdatedTime":"0001-01-01T00:00:00Z"`, `"lastActivityTime":"0001-01-01T00:00:00Z"`, `"connectionStateUpdatedTime":"0001-01-01T00:00:00Z"`, `"connectionState":"Disconnected"`} {
 		if !strings.Contains(b, want) {
 			t.Errorf("device JSON %s lacks %s", b, want)
 		}
 	}
-	got := must(t, h.GetDevice(ctx, "d1"))
+	got := must(h.GetDevice(ctx, "d1"))(t)
 	if got.ETag != d.ETag || got.GenerationID != d.GenerationID || got.Authentication != d.Authentication {
 		t.Errorf("GetDevice = %+v, want %+v", got, d)
 	}
-	tw := must(t, h.GetTwin(ctx, "d1", ""))
+	tw := must(h.GetTwin(ctx, "d1", ""))(t)
 	if tw.DeviceID != "d1" || tw.DeviceEtag != d.ETag || tw.Version != 1 || len(tw.Tags) != 0 || tw.Tags == nil ||
 		tw.Properties.Desired["$version"] != int64(1) || tw.Properties.Reported["$version"] != int64(1) {
 		t.Errorf("new twin %+v", tw)
@@ -182,7 +187,7 @@ func TestCreateDeviceDefaults(t *testing.T) {
 	if meta["$lastUpdated"] != "2024-01-02T02:04:05.0000000Z" {
 		t.Errorf("desired $metadata = %v", meta)
 	}
-	other := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d2"}))
+	other := must(h.CreateDevice(ctx, registry.Device{DeviceID: "d2"}))(t)
 	if other.GenerationID == d.GenerationID || other.Authentication.SymmetricKey == d.Authentication.SymmetricKey {
 		t.Errorf("two devices share generation id or keys")
 	}
@@ -240,7 +245,7 @@ func TestCreateAuthentication(t *testing.T) {
 					t.Errorf("CA auth keeps credentials %+v", a)
 				}
 			}
-			tw := must(t, h.GetTwin(ctx, d.DeviceID, ""))
+			tw := must(h.GetTwin(ctx, d.DeviceID, ""))(t)
 			if tw.AuthenticationType != c.want {
 				t.Errorf("twin authenticationType %q", tw.AuthenticationType)
 			}
@@ -250,7 +255,7 @@ func TestCreateAuthentication(t *testing.T) {
 
 func TestCreateDeleteRecreate(t *testing.T) {
 	h := newHarness(t)
-	d1 := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
+	d1 := must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
 	_, err := h.CreateDevice(ctx, registry.Device{DeviceID: "d"})
 	wantCode(t, err, errcode.DeviceAlreadyExists)
 	wantCode(t, h.DeleteDevice(ctx, "d", `"stale"`), errcode.PreconditionFailed)
@@ -265,7 +270,7 @@ func TestCreateDeleteRecreate(t *testing.T) {
 	_, err = h.GetTwin(ctx, "d", "")
 	wantCode(t, err, errcode.DeviceNotFound)
 	wantCode(t, h.DeleteDevice(ctx, "d", `"*"`), errcode.DeviceNotFound)
-	d2 := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
+	d2 := must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
 	if d2.GenerationID == d1.GenerationID || d2.ETag == d1.ETag {
 		t.Errorf("re-created device repeats generation id or etag")
 	}
@@ -273,12 +278,12 @@ func TestCreateDeleteRecreate(t *testing.T) {
 
 func TestUpdateDevice(t *testing.T) {
 	h := newHarness(t)
-	orig := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
+	orig := must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
 	h.takeIdentity()
 
 	// If-Match forms.
 	for _, im := range []string{`"*"`, `*`, ``, ` "*" `} {
-		cur := must(t, h.GetDevice(ctx, "d"))
+		cur := must(h.GetDevice(ctx, "d"))(t)
 		up, err := h.UpdateDevice(ctx, registry.Device{DeviceID: "d"}, im)
 		if err != nil {
 			t.Fatalf("If-Match %q: %v", im, err)
@@ -287,23 +292,26 @@ func TestUpdateDevice(t *testing.T) {
 			t.Errorf("If-Match %q: etag unchanged", im)
 		}
 	}
-	cur := must(t, h.GetDevice(ctx, "d"))
+	cur := must(h.GetDevice(ctx, "d"))(t)
 	for _, im := range []string{`"abc"`, `"` + orig.ETag + `"`} {
 		_, err := h.UpdateDevice(ctx, registry.Device{DeviceID: "d"}, im)
 		wantCode(t, err, errcode.PreconditionFailed)
 	}
-	must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d"}, `"`+cur.ETag+`"`))
-	must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d"}, cur.ETag+"x"+"")) // bare and wrong
+	must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d"}, `"`+cur.ETag+`"`))(t)
+	cur = must(h.GetDevice(ctx, "d"))(t)
+	must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d"}, cur.ETag))(t) // bare etag
+	_, err := h.UpdateDevice(ctx, registry.Device{DeviceID: "d"}, cur.ETag)
+	wantCode(t, err, errcode.PreconditionFailed)
 	if got := h.takeIdentity(); len(got) != 0 {
 		t.Errorf("updates that changed nothing called OnIdentityChange %v", got)
 	}
-	_, err := h.UpdateDevice(ctx, registry.Device{DeviceID: "missing"}, `"*"`)
+	_, err = h.UpdateDevice(ctx, registry.Device{DeviceID: "missing"}, `"*"`)
 	wantCode(t, err, errcode.DeviceNotFound)
 
 	// Partial update as the Node SDK sends it: status only, empty keys.
 	h.advance(time.Hour)
-	up := must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Status: "disabled",
-		Authentication: registry.Authentication{Type: "sas"}}, `"*"`))
+	up := must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Status: "disabled",
+		Authentication: registry.Authentication{Type: "sas"}}, `"*"`))(t)
 	if up.Status != registry.StatusDisabled || up.Authentication != orig.Authentication || up.GenerationID != orig.GenerationID {
 		t.Errorf("partial update = %+v", up)
 	}
@@ -313,14 +321,14 @@ func TestUpdateDevice(t *testing.T) {
 	if got := h.takeIdentity(); !slices.Equal(got, []string{"d"}) {
 		t.Errorf("disable: OnIdentityChange = %v", got)
 	}
-	tw := must(t, h.GetTwin(ctx, "d", ""))
+	tw := must(h.GetTwin(ctx, "d", ""))(t)
 	if tw.Status != "disabled" || tw.DeviceEtag != up.ETag {
 		t.Errorf("twin after disable: status %q deviceEtag %q", tw.Status, tw.DeviceEtag)
 	}
 
 	// Key change.
-	up = must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Status: "disabled",
-		Authentication: registry.Authentication{SymmetricKey: registry.SymmetricKey{PrimaryKey: key('z')}}}, `"*"`))
+	up = must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Status: "disabled",
+		Authentication: registry.Authentication{SymmetricKey: registry.SymmetricKey{PrimaryKey: key('z')}}}, `"*"`))(t)
 	if up.Authentication.SymmetricKey.PrimaryKey != key('z') || up.Authentication.SymmetricKey.SecondaryKey != orig.Authentication.SymmetricKey.SecondaryKey {
 		t.Errorf("key change: %+v", up.Authentication)
 	}
@@ -328,19 +336,19 @@ func TestUpdateDevice(t *testing.T) {
 		t.Errorf("key change: OnIdentityChange = %v", got)
 	}
 	// Switch to selfSigned, then change only the thumbprint.
-	must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{X509Thumbprint: registry.X509Thumbprint{PrimaryThumbprint: thumbA}}}, `"*"`))
-	up = must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{Type: "selfSigned"}}, `"*"`))
+	must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{X509Thumbprint: registry.X509Thumbprint{PrimaryThumbprint: thumbA}}}, `"*"`))(t)
+	up = must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{Type: "selfSigned"}}, `"*"`))(t)
 	if up.Authentication.X509Thumbprint.PrimaryThumbprint != thumbA {
 		t.Errorf("empty thumbprints on update did not keep the current ones: %+v", up.Authentication)
 	}
-	must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{X509Thumbprint: registry.X509Thumbprint{PrimaryThumbprint: thumbB}}}, `"*"`))
+	must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{X509Thumbprint: registry.X509Thumbprint{PrimaryThumbprint: thumbB}}}, `"*"`))(t)
 	if got := h.takeIdentity(); !slices.Equal(got, []string{"d", "d"}) {
 		t.Errorf("thumbprint changes: OnIdentityChange = %v", got)
 	}
 	_, err = h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Status: "paused"}, `"*"`)
 	wantCode(t, err, errcode.ArgumentInvalid)
 	// Back to sas without keys generates new ones.
-	up = must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{Type: "sas"}}, `"*"`))
+	up = must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Authentication: registry.Authentication{Type: "sas"}}, `"*"`))(t)
 	if up.Authentication.SymmetricKey.PrimaryKey == "" || up.Authentication.X509Thumbprint.PrimaryThumbprint != "" {
 		t.Errorf("back to sas: %+v", up.Authentication)
 	}
@@ -348,34 +356,34 @@ func TestUpdateDevice(t *testing.T) {
 
 func TestEdgeScopes(t *testing.T) {
 	h := newHarness(t)
-	edge := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "edge-1", Capabilities: registry.Capabilities{IotEdge: true}}))
+	edge := must(h.CreateDevice(ctx, registry.Device{DeviceID: "edge-1", Capabilities: registry.Capabilities{IotEdge: true}}))(t)
 	if !strings.HasPrefix(edge.DeviceScope, "ms-azure-iot-edge://edge-1-") || len(edge.ParentScopes) != 0 {
 		t.Fatalf("edge scope %q parents %v", edge.DeviceScope, edge.ParentScopes)
 	}
-	plain := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "plain"}))
+	plain := must(h.CreateDevice(ctx, registry.Device{DeviceID: "plain"}))(t)
 	if plain.DeviceScope != "" {
 		t.Errorf("non-edge device got scope %q", plain.DeviceScope)
 	}
-	child := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "child", DeviceScope: edge.DeviceScope}))
+	child := must(h.CreateDevice(ctx, registry.Device{DeviceID: "child", DeviceScope: edge.DeviceScope}))(t)
 	if child.DeviceScope != edge.DeviceScope || !slices.Equal(child.ParentScopes, []string{edge.DeviceScope}) {
 		t.Errorf("child scopes %q %v", child.DeviceScope, child.ParentScopes)
 	}
 	// The child keeps its scopes through a partial update and through a
 	// re-sent copy of itself.
-	up := must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "child", Status: "enabled"}, `"*"`))
+	up := must(h.UpdateDevice(ctx, registry.Device{DeviceID: "child", Status: "enabled"}, `"*"`))(t)
 	if up.DeviceScope != edge.DeviceScope {
 		t.Errorf("partial update dropped the scope: %q", up.DeviceScope)
 	}
-	up = must(t, h.UpdateDevice(ctx, up, `"*"`))
+	up = must(h.UpdateDevice(ctx, up, `"*"`))(t)
 	if up.DeviceScope != edge.DeviceScope || !slices.Equal(up.ParentScopes, []string{edge.DeviceScope}) {
 		t.Errorf("re-sent child: %q %v", up.DeviceScope, up.ParentScopes)
 	}
-	tw := must(t, h.GetTwin(ctx, "child", ""))
+	tw := must(h.GetTwin(ctx, "child", ""))(t)
 	if tw.DeviceScope != edge.DeviceScope || tw.Capabilities["iotEdge"] != false {
 		t.Errorf("child twin scope %q caps %v", tw.DeviceScope, tw.Capabilities)
 	}
 	// Edge update keeps its own scope even when the body names another.
-	e2 := must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "edge-1", Capabilities: registry.Capabilities{IotEdge: true}, DeviceScope: "whatever"}, `"*"`))
+	e2 := must(h.UpdateDevice(ctx, registry.Device{DeviceID: "edge-1", Capabilities: registry.Capabilities{IotEdge: true}, DeviceScope: "whatever"}, `"*"`))(t)
 	if e2.DeviceScope != edge.DeviceScope {
 		t.Errorf("edge scope changed to %q", e2.DeviceScope)
 	}
@@ -393,12 +401,12 @@ func TestEdgeScopes(t *testing.T) {
 		wantCode(t, err, errcode.ArgumentInvalid)
 	}
 	// A nested edge device names its parent in parentScopes.
-	nested := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "edge-2", Capabilities: registry.Capabilities{IotEdge: true}, ParentScopes: []string{edge.DeviceScope}}))
+	nested := must(h.CreateDevice(ctx, registry.Device{DeviceID: "edge-2", Capabilities: registry.Capabilities{IotEdge: true}, ParentScopes: []string{edge.DeviceScope}}))(t)
 	if nested.DeviceScope == edge.DeviceScope || !slices.Equal(nested.ParentScopes, []string{edge.DeviceScope}) {
 		t.Errorf("nested edge %q %v", nested.DeviceScope, nested.ParentScopes)
 	}
 	// Moving the child to another existing edge device is allowed.
-	up = must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "child", DeviceScope: nested.DeviceScope}, `"*"`))
+	up = must(h.UpdateDevice(ctx, registry.Device{DeviceID: "child", DeviceScope: nested.DeviceScope}, `"*"`))(t)
 	if up.DeviceScope != nested.DeviceScope {
 		t.Errorf("move: %q", up.DeviceScope)
 	}
@@ -409,20 +417,20 @@ func TestEdgeScopes(t *testing.T) {
 
 func TestBulk(t *testing.T) {
 	h := newHarness(t)
-	res := must(t, h.Bulk(ctx, []registry.BulkOp{
+	res := must(h.Bulk(ctx, []registry.BulkOp{
 		{ID: "b1", ImportMode: "create"},
 		{ID: "b2", ImportMode: "Create", Status: "disabled"},
 		{ID: "b3", ImportMode: "createOrUpdate", Authentication: &registry.Authentication{SymmetricKey: registry.SymmetricKey{PrimaryKey: key('p'), SecondaryKey: key('s')}}},
-	}))
-	if b := string(must(t, json.Marshal(res))); b != `{"isSuccessful":true,"errors":[],"warnings":[]}` {
+	}))(t)
+	if b := string(must(json.Marshal(res))(t)); b != `{"isSuccessful":true,"errors":[],"warnings":[]}` {
 		t.Errorf("bulk create result %s", b)
 	}
-	if d := must(t, h.GetDevice(ctx, "b3")); d.Authentication.SymmetricKey.PrimaryKey != key('p') {
+	if d := must(h.GetDevice(ctx, "b3"))(t); d.Authentication.SymmetricKey.PrimaryKey != key('p') {
 		t.Errorf("bulk keys not applied")
 	}
-	b1 := must(t, h.GetDevice(ctx, "b1"))
+	b1 := must(h.GetDevice(ctx, "b1"))(t)
 	h.takeIdentity()
-	res = must(t, h.Bulk(ctx, []registry.BulkOp{
+	res = must(h.Bulk(ctx, []registry.BulkOp{
 		{ID: "b1", ImportMode: "UpdateIfMatchETag", ETag: b1.ETag, Status: "disabled"},
 		{ID: "b2", ImportMode: "updateIfMatchETag", ETag: "stale"},
 		{ID: "b3", ImportMode: "create"},
@@ -430,7 +438,7 @@ func TestBulk(t *testing.T) {
 		{ID: "bad/id", ImportMode: "create"},
 		{ID: "b4", ImportMode: "createOrUpdate", Status: "disabled"},
 		{ID: "b5", ImportMode: "deleteIfMatchETag"},
-	}))
+	}))(t)
 	if res.IsSuccessful {
 		t.Errorf("bulk with failures reported success")
 	}
@@ -449,24 +457,24 @@ func TestBulk(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("bulk errors %v, want %v", got, want)
 	}
-	if b := string(must(t, json.Marshal(res))); !strings.Contains(b, `"errorCode":412001`) || !strings.Contains(b, `"warnings":[]`) {
+	if b := string(must(json.Marshal(res))(t)); !strings.Contains(b, `"errorCode":412001`) || !strings.Contains(b, `"warnings":[]`) {
 		t.Errorf("bulk JSON %s", b)
 	}
-	if d := must(t, h.GetDevice(ctx, "b1")); d.Status != "disabled" {
+	if d := must(h.GetDevice(ctx, "b1"))(t); d.Status != "disabled" {
 		t.Errorf("updateIfMatchETag not applied")
 	}
-	if d := must(t, h.GetDevice(ctx, "b4")); d.Status != "disabled" {
+	if d := must(h.GetDevice(ctx, "b4"))(t); d.Status != "disabled" {
 		t.Errorf("createOrUpdate did not create")
 	}
 	if got := h.takeIdentity(); !slices.Equal(got, []string{"b1"}) {
 		t.Errorf("OnIdentityChange = %v", got)
 	}
-	b2 := must(t, h.GetDevice(ctx, "b2"))
-	res = must(t, h.Bulk(ctx, []registry.BulkOp{{ID: "b1", ImportMode: "delete"}, {ID: "b2", ImportMode: "DeleteIfMatchETag", ETag: b2.ETag}, {ID: "b4", ImportMode: "DELETE"}}))
+	b2 := must(h.GetDevice(ctx, "b2"))(t)
+	res = must(h.Bulk(ctx, []registry.BulkOp{{ID: "b1", ImportMode: "delete"}, {ID: "b2", ImportMode: "DeleteIfMatchETag", ETag: b2.ETag}, {ID: "b4", ImportMode: "DELETE"}}))(t)
 	if !res.IsSuccessful {
 		t.Errorf("bulk delete: %+v", res)
 	}
-	if st := must(t, h.Statistics(ctx)); st != (registry.Statistics{TotalDeviceCount: 1, EnabledDeviceCount: 1}) {
+	if st := must(h.Statistics(ctx))(t); st != (registry.Statistics{TotalDeviceCount: 1, EnabledDeviceCount: 1}) {
 		t.Errorf("after bulk delete: %+v", st)
 	}
 
@@ -484,7 +492,7 @@ func TestBulk(t *testing.T) {
 	if _, err := h.GetDevice(ctx, "x"); !errcode.Is(err, errcode.DeviceNotFound) {
 		t.Errorf("a refused bulk request applied an entry")
 	}
-	res = must(t, h.Bulk(ctx, many[:100]))
+	res = must(h.Bulk(ctx, many[:100]))(t)
 	if !res.IsSuccessful {
 		t.Errorf("100 entries: %+v", res)
 	}
@@ -492,27 +500,27 @@ func TestBulk(t *testing.T) {
 
 func TestStatisticsAndList(t *testing.T) {
 	h := newHarness(t)
-	if st := must(t, h.Statistics(ctx)); st != (registry.Statistics{}) {
+	if st := must(h.Statistics(ctx))(t); st != (registry.Statistics{}) {
 		t.Errorf("empty: %+v", st)
 	}
-	if l := must(t, h.ListDevices(ctx, 0)); l == nil || len(l) != 0 {
+	if l := must(h.ListDevices(ctx, 0))(t); l == nil || len(l) != 0 {
 		t.Errorf("empty list = %#v, want empty non-nil", l)
 	}
 	for _, id := range []string{"c", "a", "d", "b"} {
-		must(t, h.CreateDevice(ctx, registry.Device{DeviceID: id, Status: map[bool]string{true: "disabled"}[id == "d"]}))
+		must(h.CreateDevice(ctx, registry.Device{DeviceID: id, Status: map[bool]string{true: "disabled"}[id == "d"]}))(t)
 	}
-	must(t, h.CreateModule(ctx, registry.Module{DeviceID: "a", ModuleID: "m"}))
-	if st := must(t, h.Statistics(ctx)); st != (registry.Statistics{TotalDeviceCount: 4, EnabledDeviceCount: 3, DisabledDeviceCount: 1}) {
+	must(h.CreateModule(ctx, registry.Module{DeviceID: "a", ModuleID: "m"}))(t)
+	if st := must(h.Statistics(ctx))(t); st != (registry.Statistics{TotalDeviceCount: 4, EnabledDeviceCount: 3, DisabledDeviceCount: 1}) {
 		t.Errorf("statistics %+v", st)
 	}
 	var ids []string
-	for _, d := range must(t, h.ListDevices(ctx, 0)) {
+	for _, d := range must(h.ListDevices(ctx, 0))(t) {
 		ids = append(ids, d.DeviceID)
 	}
 	if !slices.Equal(ids, []string{"a", "b", "c", "d"}) {
 		t.Errorf("ListDevices = %v", ids)
 	}
-	if l := must(t, h.ListDevices(ctx, 2)); len(l) != 2 || l[1].DeviceID != "b" {
+	if l := must(h.ListDevices(ctx, 2))(t); len(l) != 2 || l[1].DeviceID != "b" {
 		t.Errorf("ListDevices(2) = %v", l)
 	}
 }
@@ -521,14 +529,14 @@ func TestModules(t *testing.T) {
 	h := newHarness(t)
 	_, err := h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"})
 	wantCode(t, err, errcode.DeviceNotFound)
-	must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
-	m := must(t, h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m", ManagedBy: "me"}))
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
+	m := must(h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m", ManagedBy: "me"}))(t)
 	if m.ETag == "" || m.GenerationID == "" || m.ConnectionState != registry.Disconnected || m.Authentication.Type != registry.AuthSAS || m.Authentication.SymmetricKey.PrimaryKey == "" {
 		t.Errorf("module %+v", m)
 	}
 	_, err = h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"})
 	wantCode(t, err, errcode.ModuleAlreadyExistsOnDevice)
-	must(t, h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "$edgeAgent"}))
+	must(h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "$edgeAgent"}))(t)
 
 	_, err = h.GetModule(ctx, "d", "nope")
 	wantCode(t, err, errcode.ModuleNotFound)
@@ -541,12 +549,12 @@ func TestModules(t *testing.T) {
 	_, err = h.ListModules(ctx, "nodev")
 	wantCode(t, err, errcode.DeviceNotFound)
 
-	got := must(t, h.GetModule(ctx, "d", "m"))
+	got := must(h.GetModule(ctx, "d", "m"))(t)
 	if got.ETag != m.ETag || got.ManagedBy != "me" {
 		t.Errorf("GetModule %+v", got)
 	}
 	var ids []string
-	for _, x := range must(t, h.ListModules(ctx, "d")) {
+	for _, x := range must(h.ListModules(ctx, "d"))(t) {
 		ids = append(ids, x.ModuleID)
 	}
 	if !slices.Equal(ids, []string{"$edgeAgent", "m"}) {
@@ -555,25 +563,25 @@ func TestModules(t *testing.T) {
 
 	_, err = h.UpdateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"}, `"nope"`)
 	wantCode(t, err, errcode.PreconditionFailed)
-	up := must(t, h.UpdateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"}, `"`+m.ETag+`"`))
+	up := must(h.UpdateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"}, `"`+m.ETag+`"`))(t)
 	if up.Authentication != m.Authentication || up.ETag == m.ETag || up.ManagedBy != "me" {
 		t.Errorf("no-op module update %+v", up)
 	}
 	if got := h.takeIdentity(); len(got) != 0 {
 		t.Errorf("no-op update called OnIdentityChange %v", got)
 	}
-	must(t, h.UpdateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m", Authentication: registry.Authentication{SymmetricKey: registry.SymmetricKey{SecondaryKey: key('q')}}}, "*"))
+	must(h.UpdateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m", Authentication: registry.Authentication{SymmetricKey: registry.SymmetricKey{SecondaryKey: key('q')}}}, "*"))(t)
 	if got := h.takeIdentity(); !slices.Equal(got, []string{"d/m"}) {
 		t.Errorf("module key change: OnIdentityChange %v", got)
 	}
 	_, err = h.UpdateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "zz"}, "*")
 	wantCode(t, err, errcode.ModuleNotFound)
 
-	tw := must(t, h.GetTwin(ctx, "d", "m"))
+	tw := must(h.GetTwin(ctx, "d", "m"))(t)
 	if tw.ModuleID != "m" || tw.DeviceID != "d" || tw.Version != 1 || tw.Properties.Desired["$version"] != int64(1) {
 		t.Errorf("module twin %+v", tw)
 	}
-	if b := string(must(t, json.Marshal(tw))); !strings.Contains(b, `"moduleId":"m"`) || !strings.Contains(b, `"x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null}`) {
+	if b := string(must(json.Marshal(tw))(t)); !strings.Contains(b, `"moduleId":"m"`) || !strings.Contains(b, `"x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null}`) {
 		t.Errorf("module twin JSON %s", b)
 	}
 
@@ -590,19 +598,19 @@ func TestModules(t *testing.T) {
 	if got := h.takeIdentity(); !slices.Equal(got, []string{"d", "d/m"}) {
 		t.Errorf("device delete: OnIdentityChange %v", got)
 	}
-	must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
-	if l := must(t, h.ListModules(ctx, "d")); len(l) != 0 {
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
+	if l := must(h.ListModules(ctx, "d"))(t); len(l) != 0 {
 		t.Errorf("modules survived their device: %v", l)
 	}
 }
 
 func TestTwinPatch(t *testing.T) {
 	h := newHarness(t)
-	must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
-	tw0 := must(t, h.GetTwin(ctx, "d", ""))
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
+	tw0 := must(h.GetTwin(ctx, "d", ""))(t)
 
 	h.advance(time.Second)
-	tw := must(t, h.PatchTwin(ctx, "d", "", []byte(`{"tags":{"site":"a"},"properties":{"desired":{"temp":20,"cfg":{"a":1,"b":2}}}}`), `"`+tw0.ETag+`"`))
+	tw := must(h.PatchTwin(ctx, "d", "", []byte(`{"tags":{"site":"a"},"properties":{"desired":{"temp":20,"cfg":{"a":1,"b":2}}}}`), `"`+tw0.ETag+`"`))(t)
 	if tw.ETag == tw0.ETag || tw.Version != 2 || tw.Tags["site"] != "a" || tw.Properties.Desired["$version"] != int64(2) {
 		t.Errorf("after patch: etag %q version %d tags %v desired %v", tw.ETag, tw.Version, tw.Tags, tw.Properties.Desired)
 	}
@@ -620,7 +628,7 @@ func TestTwinPatch(t *testing.T) {
 	wantCode(t, err, errcode.DeviceNotFound)
 
 	// Tags only: version and etag move, desired $version does not.
-	tw2 := must(t, h.PatchTwin(ctx, "d", "", []byte(`{"tags":{"site":null,"floor":3}}`), `"`+tw.ETag+`"`))
+	tw2 := must(h.PatchTwin(ctx, "d", "", []byte(`{"tags":{"site":null,"floor":3}}`), `"`+tw.ETag+`"`))(t)
 	if tw2.ETag == tw.ETag || tw2.Version != 3 || tw2.Properties.Desired["$version"] != int64(2) || len(h.takeDesired()) != 0 {
 		t.Errorf("tags patch: %+v", tw2)
 	}
@@ -629,7 +637,7 @@ func TestTwinPatch(t *testing.T) {
 	}
 
 	// desired: null removes every key and tells the device.
-	tw3 := must(t, h.PatchTwin(ctx, "d", "", []byte(`{"properties":{"desired":null}}`), `"*"`))
+	tw3 := must(h.PatchTwin(ctx, "d", "", []byte(`{"properties":{"desired":null}}`), `"*"`))(t)
 	if d := tw3.Properties.Desired; len(d) != 2 || d["$version"] != int64(3) {
 		t.Errorf("desired after null: %v", d)
 	}
@@ -638,18 +646,18 @@ func TestTwinPatch(t *testing.T) {
 	}
 
 	// Replace.
-	must(t, h.PatchTwin(ctx, "d", "", []byte(`{"properties":{"desired":{"a":1,"b":{"c":1}}}}`), "*"))
+	must(h.PatchTwin(ctx, "d", "", []byte(`{"properties":{"desired":{"a":1,"b":{"c":1}}}}`), "*"))(t)
 	h.takeDesired()
-	tw4 := must(t, h.ReplaceTwin(ctx, "d", "", []byte(`{"tags":{"t":1},"properties":{"desired":{"b":{"d":2}}}}`), "*"))
+	tw4 := must(h.ReplaceTwin(ctx, "d", "", []byte(`{"tags":{"t":1},"properties":{"desired":{"b":{"d":2}}}}`), "*"))(t)
 	if calls := h.takeDesired(); len(calls) != 1 || calls[0].patch != `{"$version":5,"a":null,"b":{"c":null,"d":2}}` {
 		t.Errorf("replace: %v", calls)
 	}
-	if b := string(must(t, json.Marshal(tw4.Tags))); b != `{"t":1}` {
+	if b := string(must(json.Marshal(tw4.Tags))(t)); b != `{"t":1}` {
 		t.Errorf("replaced tags %s", b)
 	}
 
 	// The rendered twin carries identity fields and $metadata.
-	b := string(must(t, json.Marshal(tw4)))
+	b := string(must(json.Marshal(tw4))(t))
 	for _, want := range []string{`"deviceId":"d"`, `"status":"enabled"`, `"connectionState":"Disconnected"`, `"authenticationType":"sas"`,
 		`"capabilities":{"iotEdge":false}`, `"$lastUpdatedVersion":5`, `"lastActivityTime":"0001-01-01T00:00:00Z"`} {
 		if !strings.Contains(b, want) {
@@ -658,8 +666,8 @@ func TestTwinPatch(t *testing.T) {
 	}
 
 	// Module twins work the same way.
-	must(t, h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"}))
-	must(t, h.PatchTwin(ctx, "d", "m", []byte(`{"properties":{"desired":{"k":"v"}}}`), "*"))
+	must(h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"}))(t)
+	must(h.PatchTwin(ctx, "d", "m", []byte(`{"properties":{"desired":{"k":"v"}}}`), "*"))(t)
 	if calls := h.takeDesired(); len(calls) != 1 || calls[0] != (desiredCall{"d", "m", 2, `{"$version":2,"k":"v"}`}) {
 		t.Errorf("module desired: %v", calls)
 	}
@@ -667,7 +675,7 @@ func TestTwinPatch(t *testing.T) {
 
 func TestTwinLimits(t *testing.T) {
 	h := newHarness(t)
-	must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
 	big := strings.Repeat("x", 4000)
 	var sb strings.Builder
 	for i := range 9 {
@@ -690,7 +698,7 @@ func TestTwinLimits(t *testing.T) {
 	deep := strings.Repeat(`{"a":`, 12) + "1" + strings.Repeat("}", 12)
 	_, err = h.UpdateReported(ctx, "d", "", []byte(deep))
 	wantCode(t, err, errcode.ArgumentInvalid)
-	tw := must(t, h.GetTwin(ctx, "d", ""))
+	tw := must(h.GetTwin(ctx, "d", ""))(t)
 	if tw.Version != 1 || tw.Properties.Reported["$version"] != int64(1) || len(h.takeDesired()) != 0 {
 		t.Errorf("refused changes moved the twin: %+v", tw)
 	}
@@ -698,15 +706,15 @@ func TestTwinLimits(t *testing.T) {
 
 func TestUpdateReported(t *testing.T) {
 	h := newHarness(t)
-	must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
-	tw0 := must(t, h.GetTwin(ctx, "d", ""))
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
+	tw0 := must(h.GetTwin(ctx, "d", ""))(t)
 	for i, p := range []string{`{"a":1}`, `{"b":{"c":true}}`, `{"a":null,"$version":99}`} {
-		v := must(t, h.UpdateReported(ctx, "d", "", []byte(p)))
+		v := must(h.UpdateReported(ctx, "d", "", []byte(p)))(t)
 		if v != int64(i+2) {
 			t.Errorf("patch %d: version %d", i, v)
 		}
 	}
-	tw := must(t, h.GetTwin(ctx, "d", ""))
+	tw := must(h.GetTwin(ctx, "d", ""))(t)
 	r := tw.Properties.Reported
 	if r["$version"] != int64(4) || r["a"] != nil || fmt.Sprint(r["b"]) != "map[c:true]" {
 		t.Errorf("reported = %v", r)
@@ -727,37 +735,37 @@ func TestUpdateReported(t *testing.T) {
 
 func TestSetConnectionState(t *testing.T) {
 	h := newHarness(t)
-	d := must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
-	must(t, h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"}))
-	tw := must(t, h.GetTwin(ctx, "d", ""))
+	d := must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
+	must(h.CreateModule(ctx, registry.Module{DeviceID: "d", ModuleID: "m"}))(t)
+	tw := must(h.GetTwin(ctx, "d", ""))(t)
 	h.advance(time.Minute)
 	if err := h.SetConnectionState(ctx, "d", "", true); err != nil {
 		t.Fatal(err)
 	}
-	got := must(t, h.GetDevice(ctx, "d"))
+	got := must(h.GetDevice(ctx, "d"))(t)
 	at := time.Date(2024, 1, 2, 2, 5, 5, 0, time.UTC)
 	if got.ConnectionState != registry.Connected || !got.ConnectionStateUpdatedTime.Equal(at) || !got.LastActivityTime.Equal(at) || got.ETag != d.ETag {
 		t.Errorf("after connect %+v", got)
 	}
-	tw2 := must(t, h.GetTwin(ctx, "d", ""))
+	tw2 := must(h.GetTwin(ctx, "d", ""))(t)
 	if tw2.ConnectionState != registry.Connected || tw2.ETag != tw.ETag || tw2.Version != tw.Version || !tw2.LastActivityTime.Equal(at) {
 		t.Errorf("twin after connect %+v", tw2)
 	}
 	if err := h.SetConnectionState(ctx, "d", "m", true); err != nil {
 		t.Fatal(err)
 	}
-	if m := must(t, h.GetModule(ctx, "d", "m")); m.ConnectionState != registry.Connected {
+	if m := must(h.GetModule(ctx, "d", "m"))(t); m.ConnectionState != registry.Connected {
 		t.Errorf("module %+v", m)
 	}
 	h.advance(time.Minute)
 	if err := h.SetConnectionState(ctx, "d", "", false); err != nil {
 		t.Fatal(err)
 	}
-	if got := must(t, h.GetDevice(ctx, "d")); got.ConnectionState != registry.Disconnected || !got.ConnectionStateUpdatedTime.Equal(at.Add(time.Minute)) {
+	if got := must(h.GetDevice(ctx, "d"))(t); got.ConnectionState != registry.Disconnected || !got.ConnectionStateUpdatedTime.Equal(at.Add(time.Minute)) {
 		t.Errorf("after disconnect %+v", got)
 	}
 	// An update keeps the connection state.
-	if got := must(t, h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Status: "enabled"}, "*")); !got.ConnectionStateUpdatedTime.Equal(at.Add(time.Minute)) {
+	if got := must(h.UpdateDevice(ctx, registry.Device{DeviceID: "d", Status: "enabled"}, "*"))(t); !got.ConnectionStateUpdatedTime.Equal(at.Add(time.Minute)) {
 		t.Errorf("update lost connection time: %+v", got)
 	}
 	wantCode(t, h.SetConnectionState(ctx, "x", "", true), errcode.DeviceNotFound)
@@ -768,7 +776,7 @@ func TestSetConnectionState(t *testing.T) {
 // own version, and the final version counts them all.
 func TestConcurrentReported(t *testing.T) {
 	h := newHarness(t)
-	must(t, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(t)
 	const workers, each = 8, 20
 	versions := make(chan int64, workers*each)
 	var wg sync.WaitGroup
@@ -803,7 +811,7 @@ func TestConcurrentReported(t *testing.T) {
 			t.Fatalf("versions %v are not 2..%d without gaps", all, workers*each+1)
 		}
 	}
-	tw := must(t, h.GetTwin(ctx, "d", ""))
+	tw := must(h.GetTwin(ctx, "d", ""))(t)
 	if tw.Properties.Reported["$version"] != int64(workers*each+1) {
 		t.Errorf("final reported version %v", tw.Properties.Reported["$version"])
 	}
@@ -833,10 +841,10 @@ func TestQuery(t *testing.T) {
 	queryReady(t, h)
 	for i := range 5 {
 		id := fmt.Sprint("q", i)
-		must(t, h.CreateDevice(ctx, registry.Device{DeviceID: id}))
-		must(t, h.PatchTwin(ctx, id, "", []byte(fmt.Sprintf(`{"tags":{"n":%d,"even":%v}}`, i, i%2 == 0)), "*"))
+		must(h.CreateDevice(ctx, registry.Device{DeviceID: id}))(t)
+		must(h.PatchTwin(ctx, id, "", []byte(fmt.Sprintf(`{"tags":{"n":%d,"even":%v}}`, i, i%2 == 0)), "*"))(t)
 	}
-	must(t, h.CreateModule(ctx, registry.Module{DeviceID: "q1", ModuleID: "m"}))
+	must(h.CreateModule(ctx, registry.Module{DeviceID: "q1", ModuleID: "m"}))(t)
 
 	items, next, err := h.Query(ctx, "SELECT * FROM devices", 0, "")
 	if err != nil || len(items) != 5 || next != "" {
@@ -848,6 +856,14 @@ func TestQuery(t *testing.T) {
 	items, _, err = h.Query(ctx, "SELECT * FROM devices WHERE tags.even = true", 0, "")
 	if err != nil || len(items) != 3 {
 		t.Errorf("WHERE: %d items, %v", len(items), err)
+	}
+	items, _, err = h.Query(ctx, "SELECT deviceId FROM devices WHERE tags.n >= 3", 0, "")
+	if err != nil || len(items) != 2 || fmt.Sprint(items[0]) != "map[deviceId:q3]" {
+		t.Errorf("numeric WHERE: %v, %v", items, err)
+	}
+	items, _, err = h.Query(ctx, "SELECT COUNT() AS n FROM devices WHERE status = 'enabled'", 0, "")
+	if err != nil || len(items) != 1 || fmt.Sprint(items[0]) != "map[n:5]" {
+		t.Errorf("COUNT: %v, %v", items, err)
 	}
 	items, _, err = h.Query(ctx, "SELECT * FROM devices.modules", 0, "")
 	if err != nil || len(items) != 1 {
@@ -955,9 +971,9 @@ func FuzzDeviceJSON(f *testing.F) {
 
 func BenchmarkGetTwin(b *testing.B) {
 	h := newHarness(b)
-	must(b, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
-	must(b, h.PatchTwin(ctx, "d", "", []byte(`{"tags":{"a":1},"properties":{"desired":{"x":{"y":"z"},"n":[1,2,3]}}}`), "*"))
-	must(b, h.UpdateReported(ctx, "d", "", []byte(`{"fw":"1.2.3","temp":21.5}`)))
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(b)
+	must(h.PatchTwin(ctx, "d", "", []byte(`{"tags":{"a":1},"properties":{"desired":{"x":{"y":"z"},"n":[1,2,3]}}}`), "*"))(b)
+	must(h.UpdateReported(ctx, "d", "", []byte(`{"fw":"1.2.3","temp":21.5}`)))(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := h.GetTwin(ctx, "d", ""); err != nil {
@@ -968,7 +984,7 @@ func BenchmarkGetTwin(b *testing.B) {
 
 func BenchmarkUpdateReported(b *testing.B) {
 	h := newHarness(b)
-	must(b, h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))
+	must(h.CreateDevice(ctx, registry.Device{DeviceID: "d"}))(b)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

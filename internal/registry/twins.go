@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -262,8 +263,9 @@ func decodeContinuation(c string) (int, error) {
 // asArgumentInvalid keeps an *errcode.Error and makes anything else a 400:
 // query errors are the caller's.
 func asArgumentInvalid(err error, msg string) error {
-	if ce, ok := err.(*errcode.Error); ok {
-		return ce
+	var ce *errcode.Error
+	if errors.As(err, &ce) {
+		return err
 	}
 	return errcode.New(errcode.ArgumentInvalid, "%s: %s", msg, err.Error())
 }

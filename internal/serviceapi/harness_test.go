@@ -1,6 +1,7 @@
 package serviceapi
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"io"
@@ -125,7 +126,11 @@ func (h *testHub) raw(t testing.TB, method, path, rawQuery string, header http.H
 	if rawQuery == "" {
 		rawQuery = "api-version=" + APIVersion
 	}
-	req, err := http.NewRequest(method, h.ts.URL+path+"?"+rawQuery, strings.NewReader(body))
+	// Bounded, so that a stream opened by mistake fails the test instead of
+	// hanging it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, h.ts.URL+path+"?"+rawQuery, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,13 +189,3 @@ func wantCode(t testing.TB, err error, c errcode.Code) {
 		t.Fatalf("error %v (status %d), want %s (%d)", err, e.Code.Status, c.Name, c.Status)
 	}
 }
-
-func mustJSON(t testing.TB, v any) []byte {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"time"
 	"unicode/utf8"
@@ -264,7 +265,7 @@ func decodeObject(data []byte) (map[string]any, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, errcode.Wrap(errcode.IotHubFormatError, err, "body is not valid JSON")
 	}
-	if _, err := dec.Token(); err == nil {
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, errcode.New(errcode.IotHubFormatError, "body has data after the JSON value")
 	}
 	m, ok := v.(map[string]any)

@@ -12,7 +12,6 @@ let dev;
 let mod;
 let mclient;
 let monitor;
-const desired = new h.Inbox('module properties.desired events');
 
 before(async () => {
   dev = await hub.newDevice('modhost');
@@ -67,8 +66,7 @@ test('module twin: GET, reported update seen by the service, desired patch seen 
   const dt = (await reg.getTwin(dev.id)).responseBody;
   assert.ok(!('mode' in dt.properties.reported), 'module reported properties do not leak into the device twin');
 
-  twin.on('properties.desired', (p) => desired.push(JSON.parse(JSON.stringify(p))));
-  await desired.waitFor(() => true, 10000, 'the initial module desired event');
+  const desired = await h.watchDesired(twin, 'module properties.desired events');
   await reg.updateModuleTwin(dev.id, 'sensor', { properties: { desired: { rate: 5 } } }, st.etag);
   const p = await desired.waitFor((x) => x.rate === 5, 10000, 'the module desired patch');
   assert.equal(p.$version, st.properties.desired.$version + 1);

@@ -48,9 +48,7 @@ test('twin over WebSockets: GET, reported, desired', T, async () => {
   const st = (await reg.getTwin(dev.id)).responseBody;
   assert.equal(st.properties.reported.ws, true);
 
-  const desired = new h.Inbox('desired over wss');
-  twin.on('properties.desired', (p) => desired.push(JSON.parse(JSON.stringify(p))));
-  await desired.waitFor(() => true, 10000, 'initial desired event');
+  const desired = await h.watchDesired(twin, 'desired over wss');
   await reg.updateTwin(dev.id, { properties: { desired: { viaWs: 1 } } }, st.etag);
   const p = await desired.waitFor((x) => x.viaWs === 1, 10000, 'desired patch over wss');
   assert.equal(p.$version, st.properties.desired.$version + 1);

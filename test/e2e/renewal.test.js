@@ -14,7 +14,7 @@ let dev;
 let client;
 let provider;
 const renewals = new h.Inbox('newTokenAvailable (token renewals)');
-const desired = new h.Inbox('properties.desired events');
+let desired;
 const c2d = new h.Inbox('C2D messages');
 
 before(async () => {
@@ -28,8 +28,7 @@ before(async () => {
   client.onDeviceMethod('ping', (req, res) => res.send(200, { pong: req.payload }).catch(() => {}));
   client.on('message', (m) => { c2d.push(m); client.complete(m).catch(() => {}); });
   const twin = await h.withTimeout(client.getTwin(), 10000, 'getTwin');
-  twin.on('properties.desired', (p) => desired.push(JSON.parse(JSON.stringify(p))));
-  await desired.waitFor(() => true, 10000, 'the initial desired event');
+  desired = await h.watchDesired(twin);
 });
 
 after(async () => { await h.closeQuietly(client); });
@@ -49,6 +48,9 @@ test('the SDK renews its token every few seconds and the hub accepts each new to
   assert.ok(renewals.items.length >= 2);
   const tokens = new Set(renewals.items.map((r) => r.token));
   assert.equal(tokens.size, renewals.items.length, 'each renewal made a new token');
+  // each renewal is a DISCONNECT + CONNECT with the new token: the hub log shows the connects
+  const connects = hub.log().split('\n').filter((l) => l.includes('device connected') && l.includes(dev.id));
+  assert.ok(connects.length >= 3, `hub logged ${connects.length} connects of ${dev.id}, want the first + one per renewal`);
   const msg = new Message('after renewals');
   await h.withTimeout(client.sendEvent(msg), 10000, 'sendEvent after renewals');
 });

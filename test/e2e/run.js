@@ -27,6 +27,22 @@ const fileTimeout = Number(process.env.MOAT_E2E_FILE_TIMEOUT || 240) * 1000;
 const addrBase = Number(process.env.MOAT_E2E_ADDR_BASE || 20);
 const keep = process.env.MOAT_E2E_KEEP === '1';
 
+// Everything this runner started, so that an interrupted run leaves no hub behind.
+const live = new Set();
+function killAll() {
+  for (const p of live) {
+    try { p.kill('SIGKILL'); } catch { /* already gone */ }
+  }
+}
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    console.error(`e2e: ${sig}: stopping`);
+    killAll();
+    process.exit(130);
+  });
+}
+
 function parseArgs(argv) {
   const files = [];
   const nodeArgs = [];
@@ -72,12 +88,14 @@ function runNodeTest(file, env, nodeArgs, countsFile) {
       path.join(E2E_DIR, file),
     ];
     const child = spawn(process.execPath, args, { env, cwd: E2E_DIR, stdio: ['ignore', 'pipe', 'pipe'] });
+    live.add(child);
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { out += d; });
     let timedOut = false;
     const timer = setTimeout(() => { timedOut = true; child.kill('SIGKILL'); }, fileTimeout);
     child.on('close', (code, signal) => {
+      live.delete(child);
       clearTimeout(timer);
       let counts = null;
       try { counts = JSON.parse(fs.readFileSync(countsFile, 'utf8')); } catch { /* crashed or killed */ }
@@ -95,6 +113,7 @@ async function runFile(file, nodeArgs) {
   try {
     const addr = await pickAddress();
     hub = await startHub({ addr, dataDir: path.join(dataDir, 'data'), logFile });
+    live.add(hub.proc);
     const env = {
       ...process.env,
       MOAT_BIN: moatBin(),
@@ -121,6 +140,7 @@ async function runFile(file, nodeArgs) {
   if (hub) {
     try {
       const { code, signal } = await stopHub(hub);
+      live.delete(hub.proc);
       if (code !== 0) {
         result.failed += 1;
         result.failures.push(`${file}: moat serve exited with code ${code} (signal ${signal}) after SIGTERM, want 0`);

@@ -70,10 +70,7 @@ test('a desired patch from the service reaches the connected device with the nex
   const reg = await hub.registry();
   const client = await open(dev.cs);
   const twin = await h.withTimeout(client.getTwin(), 10000, 'device getTwin');
-  const patches = new h.Inbox('properties.desired events');
-  twin.on('properties.desired', (p) => patches.push(JSON.parse(JSON.stringify(p))));
-  // the SDK fires once with the current desired properties when the listener is added
-  await patches.waitFor(() => true, 10000, 'the initial desired event');
+  const patches = await h.watchDesired(twin);
 
   const st = (await reg.getTwin(dev.id)).responseBody;
   const v = st.properties.desired.$version;

@@ -313,6 +313,14 @@ function attachHub() {
 
 // ---------------------------------------------------------------- monitor-events
 
+// monitors still running when the test process exits are killed with it
+const liveMonitors = new Set();
+process.on('exit', () => {
+  for (const p of liveMonitors) {
+    try { p.kill('SIGKILL'); } catch { /* gone */ }
+  }
+});
+
 class Monitor {
   constructor(hub, { device } = {}) {
     const args = ['monitor-events', '--properties', 'all', '--data-dir', hub.dataDir];
@@ -321,7 +329,11 @@ class Monitor {
     this.stderr = '';
     this.badLines = [];
     this.proc = spawn(hub.bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.exited = new Promise((resolve) => this.proc.on('exit', (code, signal) => resolve({ code, signal })));
+    liveMonitors.add(this.proc);
+    this.exited = new Promise((resolve) => this.proc.on('exit', (code, signal) => {
+      liveMonitors.delete(this.proc);
+      resolve({ code, signal });
+    }));
     let buf = '';
     this.proc.stdout.setEncoding('utf8');
     this.proc.stdout.on('data', (d) => {
@@ -404,6 +416,20 @@ async function openClient(hub, client, { options = {}, noRetry = false } = {}) {
 
 const noRetryPolicy = { shouldRetry: () => false, nextRetryTimeout: () => 0 };
 
+// watchDesired adds a 'properties.desired' listener to a device twin and resolves
+// with an Inbox of the (copied) patches once the SDK's SUBSCRIBE to the desired
+// topic has been acknowledged. Adding the listener alone only starts that
+// SUBSCRIBE; a patch sent before the SUBACK is, rightly, not delivered.
+async function watchDesired(twin, what = 'properties.desired events') {
+  const inbox = new Inbox(what);
+  twin.on('properties.desired', (p) => inbox.push(JSON.parse(JSON.stringify(p))));
+  await withTimeout(new Promise((resolve, reject) => {
+    twin.enableTwinDesiredPropertiesUpdates((err) => (err ? reject(err) : resolve()));
+  }), 10000, 'the desired-properties SUBACK');
+  await inbox.waitFor(() => true, 10000, `the initial ${what}`);
+  return inbox;
+}
+
 async function closeQuietly(client) {
   if (!client) return;
   try {
@@ -477,6 +503,7 @@ module.exports = {
   openDevice,
   openClient,
   closeQuietly,
+  watchDesired,
   noRetryPolicy,
   errorName,
   expectReject,
