@@ -295,6 +295,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		mux.Handle(transport.WebSocketPath, transport.WebSocketHandler("wss", h.broker.ServeConn, h.log))
 		mux.Handle("/", h.api)
 		srv := &http.Server{Handler: mux, TLSConfig: tlsConf, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug)}
+		srv.RegisterOnShutdown(h.api.Close) // live event streams would hold Shutdown open
 		servers = append(servers, srv)
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- ignoreClosed(srv.Serve(tls.NewListener(ln, tlsConf))) }()

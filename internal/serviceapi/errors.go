@@ -32,10 +32,19 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case isClientGone(r, err):
 		s.log.Debug("request abandoned by the caller", "method", r.Method, "path", r.URL.Path)
+	case e.Code.Status == http.StatusUnauthorized && e.Err != nil:
+		// The caller is told nothing; the operator may need the reason.
+		// Token errors never carry the signature or key.
+		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "reason", e.Err)
 	case e.Code.Status >= 500 && e.Code.Status != http.StatusGatewayTimeout:
 		// 504 is a device that did not answer a method in time: routine.
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "code", e.Code.Name, "err", err)
 	}
+	s.writeErrorBody(w, e)
+}
+
+// writeErrorBody answers e without logging.
+func (s *Server) writeErrorBody(w http.ResponseWriter, e *errcode.Error) {
 	now := s.cfg.Now().UTC()
 	body := legacyError{
 		Message:          "ErrorCode:" + e.Code.Name + ";" + e.Message,

@@ -152,6 +152,10 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// The queue, not the registry, knows the depth.
+	if n, err := s.cfg.C2D.Count(r.Context(), d.DeviceID); err == nil {
+		d.CloudToDeviceMessageCount = n
+	}
 	writeEntity(w, d.ETag, d)
 	return nil
 }

@@ -317,3 +317,31 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestCloseEndsStreams(t *testing.T) {
+	h := newTestHub(t, hubParts{})
+	c := h.client(t, "service")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.MonitorEvents(ctx, "", func(EventRecord) error { return nil }) }()
+	waitFor(t, func() bool { return h.events.Readers() == 1 })
+	h.srv.Close()
+	if err := <-done; !errors.Is(err, ErrStreamEnded) {
+		t.Fatalf("after Close: %v", err)
+	}
+	// Other requests still work.
+	if _, err := c.ServiceStatistics(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPanicBecomesServerError(t *testing.T) {
+	// No registry configured: the handler dereferences nil, as a bug would.
+	h := newTestHub(t, hubParts{})
+	resp, body := h.raw(t, "GET", "/devices/d1", "", authHeader(h.token(t, "iothubowner")), "")
+	wantError(t, resp, body, http.StatusInternalServerError, "ServerError")
+	if strings.Contains(string(body), "nil pointer") {
+		t.Errorf("panic details leaked: %s", body)
+	}
+}

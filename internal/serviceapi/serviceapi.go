@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -79,6 +80,10 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	metrics *metrics
+
+	// closed ends the open event streams (see Close).
+	closed    context.Context
+	closeFunc context.CancelFunc
 }
 
 // New returns a Server for cfg.
@@ -94,6 +99,7 @@ func New(cfg Config) *Server {
 		log = slog.Default()
 	}
 	s := &Server{cfg: cfg, log: log.With("component", "serviceapi"), mux: http.NewServeMux(), metrics: newMetrics()}
+	s.closed, s.closeFunc = context.WithCancel(context.Background())
 	s.routes()
 	return s
 }
@@ -158,6 +164,7 @@ func (s *Server) routes() {
 func (s *Server) handle(pattern string, need access, fn func(http.ResponseWriter, *http.Request) error) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		s.metrics.observe(w, r, pattern, func(w http.ResponseWriter) {
+			defer s.recoverPanic(w, r)
 			err := s.checkAPIVersion(r)
 			if err == nil {
 				err = s.authorize(r, need)
@@ -172,8 +179,31 @@ func (s *Server) handle(pattern string, need access, fn func(http.ResponseWriter
 	})
 }
 
+// recoverPanic turns a bug below a handler into a logged 500 ServerError, so
+// that the caller gets IoT Hub's answer instead of a dropped connection.
+func (s *Server) recoverPanic(w http.ResponseWriter, r *http.Request) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if v == http.ErrAbortHandler {
+		panic(v)
+	}
+	s.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
+	if sw, ok := w.(*statusWriter); ok && sw.status != 0 {
+		return // the answer has begun; nothing more can be said
+	}
+	s.writeErrorBody(w, errcode.New(errcode.ServerError, "internal server error"))
+}
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Close ends the open event streams, which otherwise last as long as their
+// readers and would keep http.Server.Shutdown waiting; register it with
+// http.Server.RegisterOnShutdown. Other requests are not affected, and the
+// Server keeps serving new ones (a stream opened after Close ends at once).
+func (s *Server) Close() { s.closeFunc() }
 
 // Collectors returns the server's Prometheus collectors for the hub to register.
 func (s *Server) Collectors() []prometheus.Collector { return s.metrics.collectors() }

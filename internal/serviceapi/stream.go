@@ -1,6 +1,7 @@
 package serviceapi
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -75,7 +76,9 @@ func (s *Server) monitorEvents(w http.ResponseWriter, r *http.Request) error {
 		return errcode.Wrap(errcode.ServiceUnavailable, errNotConfigured, "the events stream is not available")
 	}
 	filter := r.URL.Query().Get("deviceId")
-	ctx := r.Context()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(s.closed, cancel)()
 	ch := s.cfg.Events.Subscribe(ctx, 0)
 
 	rc := http.NewResponseController(w)
