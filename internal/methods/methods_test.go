@@ -12,12 +12,11 @@ import (
 
 // device is a transport whose "device" answers from a goroutine.
 type device struct {
-	mu      sync.Mutex
-	inv     *Invoker
-	online  bool
-	answer  func(name string, payload []byte) (int, []byte, bool)
-	calls   int
-	onlineC chan struct{}
+	mu     sync.Mutex
+	inv    *Invoker
+	online bool
+	answer func(name string, payload []byte) (int, []byte, bool)
+	calls  int
 }
 
 func (d *device) SendMethod(dev, mod, name, rid string, payload []byte) error {
