@@ -20,8 +20,8 @@ import (
 	"github.com/moat-iot/moat/internal/sas"
 )
 
-// session is what an authenticated connection carries.
-type session struct {
+// connState is what an authenticated connection carries.
+type connState struct {
 	id         identity
 	authMethod string // "sas", "x509"
 	token      *sas.Token
@@ -30,7 +30,7 @@ type session struct {
 	mu         sync.Mutex
 }
 
-func (s *session) stop() {
+func (s *connState) stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.expiry != nil {
@@ -52,7 +52,7 @@ func refuse(format string, args ...any) error {
 
 // authenticate decides a CONNECT. It returns the session, or a *refusal whose
 // text is for the log only.
-func (b *Broker) authenticate(ctx context.Context, clientID string, user, password []byte, conn net.Conn) (*session, error) {
+func (b *Broker) authenticate(ctx context.Context, clientID string, user, password []byte, conn net.Conn) (*connState, error) {
 	id, err := parseClientID(clientID)
 	if err != nil {
 		return nil, refuse("bad client id: %v", err)
@@ -85,7 +85,7 @@ func (b *Broker) authenticate(ctx context.Context, clientID string, user, passwo
 		}
 		auth, genID = mod.Authentication, mod.GenerationID
 	}
-	s := &session{id: id, genID: genID}
+	s := &connState{id: id, genID: genID}
 	if len(password) > 0 {
 		tok, err := sas.Parse(string(password))
 		if err != nil {

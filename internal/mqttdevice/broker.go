@@ -8,6 +8,7 @@ package mqttdevice
 
 import (
 	"context"
+	"errors"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/moat-iot/moat/internal/mqttframe"
 	"github.com/moat-iot/moat/internal/registry"
 	"github.com/moat-iot/moat/internal/sas"
+	"github.com/moat-iot/moat/internal/session"
 )
 
 // MaxMessageSize is IoT Hub's device-to-cloud message limit.
@@ -44,6 +46,9 @@ type Config struct {
 	// PUBACK is sent only afterwards. An error disconnects the device without
 	// an acknowledgement, so it sends again.
 	Accept func(ctx context.Context, m message.Message) error
+	// Sessions persists the subscriptions of clean=false sessions across hub
+	// restarts; nil keeps them in memory only.
+	Sessions session.Store
 	// ClientCAs verifies devices whose authentication type is
 	// certificateAuthority.
 	ClientCAs *x509.CertPool
@@ -58,7 +63,7 @@ type Broker struct {
 	log    *slog.Logger
 
 	// sessions maps a live *mqtt.Client to what its CONNECT established.
-	sessions sync.Map // *mqtt.Client -> *session
+	sessions sync.Map // *mqtt.Client -> *connState
 	c2d      *c2dDelivery
 
 	connected atomic.Int64
@@ -107,6 +112,15 @@ func (b *Broker) Start() error {
 
 // Close disconnects every client and stops the broker.
 func (b *Broker) Close() error {
+	// mochi closes only the clients of listeners it owns; ours are handed in
+	// with EstablishConnection, so end them here while the registry can still
+	// record the disconnects.
+	for _, cl := range b.server.Clients.GetAll() {
+		if !cl.Net.Inline && !cl.Closed() {
+			cl.Stop(errors.New("hub shutting down"))
+		}
+	}
+	b.c2d.wg.Wait()
 	b.cancel()
 	return b.server.Close()
 }
@@ -127,7 +141,7 @@ func (b *Broker) ServeConn(c net.Conn, listener string) error {
 func (b *Broker) Connected() int { return int(b.connected.Load()) }
 
 // client returns the live client of an identity, if connected.
-func (b *Broker) client(id identity) (*mqtt.Client, *session, bool) {
+func (b *Broker) client(id identity) (*mqtt.Client, *connState, bool) {
 	cl, ok := b.server.Clients.Get(id.clientID())
 	if !ok || cl.Closed() {
 		return nil, nil, false
@@ -136,7 +150,7 @@ func (b *Broker) client(id identity) (*mqtt.Client, *session, bool) {
 	if !ok {
 		return nil, nil, false
 	}
-	return cl, v.(*session), true
+	return cl, v.(*connState), true
 }
 
 // publishDirect writes a QoS 0 publish to one client. IoT Hub's twin and method

@@ -28,7 +28,7 @@ func (h *hook) Provides(e byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSubscribed,
-		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnWill,
+		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnWill, mqtt.OnUnsubscribed,
 	}, []byte{e})
 }
 
@@ -115,12 +115,12 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	return ok
 }
 
-func (h *hook) sessionOf(cl *mqtt.Client) *session {
+func (h *hook) sessionOf(cl *mqtt.Client) *connState {
 	v, ok := h.b.sessions.Load(cl)
 	if !ok {
 		return nil
 	}
-	return v.(*session)
+	return v.(*connState)
 }
 
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
@@ -157,6 +157,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, true); err != nil {
 		b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
 	}
+	b.restoreSession(cl, s, pk.Connect.Clean)
 	if s.id.ModuleID == "" {
 		b.c2d.sessionStarted(cl, s.id.DeviceID, pk.Connect.Clean)
 	}
@@ -168,7 +169,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	if !ok {
 		return
 	}
-	s := v.(*session)
+	s := v.(*connState)
 	s.stop()
 	b.connected.Add(-1)
 	b.log.Info("device disconnected", "clientId", cl.ID, "reason", fmt.Sprint(err))
@@ -255,7 +256,7 @@ func (b *Broker) closeClient(cl *mqtt.Client, code packets.Code, reason string) 
 	cl.Stop(fmt.Errorf("%s: %s", code.Reason, reason))
 }
 
-func telemetryMessage(s *session, bag string, payload []byte, now time.Time) (message.Message, error) {
+func telemetryMessage(s *connState, bag string, payload []byte, now time.Time) (message.Message, error) {
 	sys, app, err := message.DecodeBag(bag)
 	if err != nil {
 		return message.Message{}, fmt.Errorf("bad property bag: %w", err)
@@ -274,7 +275,7 @@ func telemetryMessage(s *session, bag string, payload []byte, now time.Time) (me
 	return message.Message{Body: bytes.Clone(payload), System: sys, Properties: app, Enqueued: now}, nil
 }
 
-func (h *hook) twinGet(cl *mqtt.Client, s *session, rid string) {
+func (h *hook) twinGet(cl *mqtt.Client, s *connState, rid string) {
 	b := h.b
 	tw, err := b.cfg.Registry.GetTwin(b.ctx, s.id.DeviceID, s.id.ModuleID)
 	if err != nil {
@@ -289,7 +290,7 @@ func (h *hook) twinGet(cl *mqtt.Client, s *session, rid string) {
 	_ = publishDirect(cl, "$iothub/twin/res/200/?$rid="+rid, body)
 }
 
-func (h *hook) twinReported(cl *mqtt.Client, s *session, rid string, body []byte) {
+func (h *hook) twinReported(cl *mqtt.Client, s *connState, rid string, body []byte) {
 	b := h.b
 	v, err := b.cfg.Registry.UpdateReported(b.ctx, s.id.DeviceID, s.id.ModuleID, body)
 	if err != nil {
@@ -315,7 +316,11 @@ func (h *hook) twinError(cl *mqtt.Client, rid string, err error) {
 
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	s := h.sessionOf(cl)
-	if s == nil || s.id.ModuleID != "" {
+	if s == nil {
+		return
+	}
+	h.b.saveSession(cl)
+	if s.id.ModuleID != "" {
 		return
 	}
 	for i, f := range pk.Filters {
@@ -336,4 +341,10 @@ func (h *hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 
 func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.b.c2d.onQosDropped(cl, pk)
+}
+
+func (h *hook) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
+	if h.sessionOf(cl) != nil {
+		h.b.saveSession(cl)
+	}
 }

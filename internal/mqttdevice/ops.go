@@ -60,7 +60,7 @@ func (b *Broker) IdentityChanged(deviceID, moduleID string) {
 		if !ok {
 			continue
 		}
-		s := v.(*session)
+		s := v.(*connState)
 		if moduleID != "" && s.id.ModuleID != moduleID {
 			continue
 		}
@@ -70,7 +70,7 @@ func (b *Broker) IdentityChanged(deviceID, moduleID string) {
 	}
 }
 
-func (b *Broker) stillAllowed(ctx context.Context, s *session) string {
+func (b *Broker) stillAllowed(ctx context.Context, s *connState) string {
 	dev, err := b.cfg.Registry.GetDevice(ctx, s.id.DeviceID)
 	if err != nil {
 		return "device gone"

@@ -1,0 +1,92 @@
+// Package session keeps what a persistent MQTT session (clean session off)
+// subscribed to, so that the session outlives a hub restart as it does in IoT
+// Hub: the Azure device SDKs renew tokens and recover from drops by
+// reconnecting without subscribing again, and would otherwise go deaf to
+// methods, twin updates and cloud-to-device messages.
+package session
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+)
+
+// Subscription is one remembered topic filter.
+type Subscription struct {
+	Filter string
+	QoS    byte
+}
+
+// Store persists subscriptions per client id.
+type Store interface {
+	Load(ctx context.Context, clientID string) ([]Subscription, error)
+	Save(ctx context.Context, clientID string, subs []Subscription) error
+	Delete(ctx context.Context, clientID string) error
+	Close() error
+}
+
+// SQLiteStore is the single-node Store.
+type SQLiteStore struct{ db *sql.DB }
+
+// OpenSQLite opens (creating if needed) the session database at path.
+func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return nil, fmt.Errorf("open session store %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS subscriptions (
+		client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
+		PRIMARY KEY (client_id, filter))`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create session schema: %w", err)
+	}
+	return &SQLiteStore{db: db}, nil
+}
+
+// Load implements Store.
+func (s *SQLiteStore) Load(ctx context.Context, clientID string) ([]Subscription, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT filter, qos FROM subscriptions WHERE client_id = ? ORDER BY filter`, clientID)
+	if err != nil {
+		return nil, fmt.Errorf("load subscriptions: %w", err)
+	}
+	defer rows.Close()
+	var out []Subscription
+	for rows.Next() {
+		var sub Subscription
+		if err := rows.Scan(&sub.Filter, &sub.QoS); err != nil {
+			return nil, fmt.Errorf("load subscriptions: %w", err)
+		}
+		out = append(out, sub)
+	}
+	return out, rows.Err()
+}
+
+// Save implements Store: it replaces the client's subscriptions.
+func (s *SQLiteStore) Save(ctx context.Context, clientID string, subs []Subscription) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("save subscriptions: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE client_id = ?`, clientID); err != nil {
+		return fmt.Errorf("save subscriptions: %w", err)
+	}
+	for _, sub := range subs {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subscriptions(client_id, filter, qos) VALUES (?, ?, ?)`, clientID, sub.Filter, sub.QoS); err != nil {
+			return fmt.Errorf("save subscriptions: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// Delete implements Store.
+func (s *SQLiteStore) Delete(ctx context.Context, clientID string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM subscriptions WHERE client_id = ?`, clientID)
+	return err
+}
+
+// Close implements Store.
+func (s *SQLiteStore) Close() error { return s.db.Close() }
