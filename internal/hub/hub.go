@@ -33,6 +33,7 @@ import (
 	"github.com/moat-iot/moat/internal/registry/sqlitestore"
 	"github.com/moat-iot/moat/internal/sas"
 	"github.com/moat-iot/moat/internal/serviceapi"
+	"github.com/moat-iot/moat/internal/session"
 	"github.com/moat-iot/moat/internal/transport"
 )
 
@@ -47,6 +48,7 @@ type Hub struct {
 	policies []sas.Policy
 	store    *sqlitestore.Store
 	c2dStore *c2d.SQLiteStore
+	sessions *session.SQLiteStore
 	registry *registry.Registry
 	c2d      *c2d.Queue
 	events   *events.Stream
@@ -107,6 +109,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 		h.store.Close()
 		return nil, fmt.Errorf("cloud-to-device store: %w", err)
 	}
+	h.sessions, err = session.OpenSQLite(ctx, filepath.Join(h.dataDir, "sessions.db"))
+	if err != nil {
+		h.close()
+		return nil, fmt.Errorf("session store: %w", err)
+	}
 	h.events = events.New()
 	h.c2d = c2d.New(h.c2dStore, log.With("component", "c2d"), nil)
 
@@ -140,6 +147,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 		Methods:   h.methods,
 		C2D:       h.c2d,
 		Accept:    h.accept,
+		Sessions:  h.sessions,
 		ClientCAs: ca.CAPool(),
 		Log:       log.With("component", "mqtt"),
 	})
@@ -355,6 +363,9 @@ func ignoreClosed(err error) error {
 func (h *Hub) close() {
 	if h.c2dStore != nil {
 		h.c2dStore.Close()
+	}
+	if h.sessions != nil {
+		h.sessions.Close()
 	}
 	if h.store != nil {
 		h.store.Close()

@@ -1,0 +1,57 @@
+// Command moatbench runs Moat's benchmark suite: it starts a hub from a built
+// binary (and Mosquitto for comparison) on loopback addresses, measures
+// telemetry, connects, idle connections, twins and cloud-to-device traffic,
+// and writes results.json and results.md. `make bench` runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/moat-iot/moat/internal/bench"
+)
+
+func main() {
+	var cfg bench.Config
+	flag.StringVar(&cfg.MoatBin, "moat-bin", "bin/moat", "the built moat binary")
+	flag.StringVar(&cfg.MosquittoBin, "mosquitto", "", "mosquitto binary (default /usr/sbin/mosquitto or PATH); \"none\" skips the comparison")
+	flag.StringVar(&cfg.OutDir, "out", "bench-results", "directory for results.json and results.md")
+	flag.StringVar(&cfg.WorkDir, "work-dir", "", "directory for the hub's data and logs (default: a temporary one, removed afterwards)")
+	flag.BoolVar(&cfg.Quick, "quick", false, "a small smoke run (under a minute)")
+	flag.StringVar(&cfg.HubIP, "hub-ip", "127.0.0.50", "loopback address for the hub")
+	flag.StringVar(&cfg.MosquittoIP, "mosquitto-ip", "127.0.0.51", "loopback address for Mosquitto")
+	flag.IntVar(&cfg.HTTPSPort, "https-port", 443, "the hub's REST port")
+	flag.Parse()
+	cfg.Log = os.Stderr
+
+	switch cfg.MosquittoBin {
+	case "none":
+		cfg.MosquittoBin = ""
+	case "":
+		p, err := bench.FindMosquitto()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "moatbench: mosquitto not found; running without the comparison")
+		}
+		cfg.MosquittoBin = p
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench.Run(ctx, cfg)
+	if rep != nil {
+		if werr := bench.WriteReport(cfg.OutDir, rep); werr != nil {
+			fmt.Fprintln(os.Stderr, "moatbench:", werr)
+			os.Exit(1)
+		}
+		fmt.Print(bench.Markdown(rep))
+		fmt.Fprintf(os.Stderr, "moatbench: wrote %s/results.json and results.md\n", cfg.OutDir)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moatbench:", err)
+		os.Exit(1)
+	}
+}

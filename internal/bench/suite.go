@@ -1,0 +1,399 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// Config is one run of the suite.
+type Config struct {
+	MoatBin      string // path of the built `moat` binary
+	MosquittoBin string // "" skips the Mosquitto comparison
+	OutDir       string // where results.json and results.md go
+	WorkDir      string // temporary data; "" = a new directory under os.TempDir
+	Quick        bool   // a small smoke run (well under a minute)
+	HubIP        string // loopback address of the hub (default 127.0.0.50)
+	MosquittoIP  string // loopback address of Mosquitto (default 127.0.0.51)
+	HTTPSPort    int    // the hub's REST port (default 443)
+	Log          io.Writer
+}
+
+// Sizes are the suite's knobs; Standard and Quick give the two presets.
+type Sizes struct {
+	D2CDevices, D2CMessages, D2CBytes, D2CWindow int
+	StormConnects, StormDialers                  int
+	IdleSteps                                    []int
+	IdleDialers                                  int
+	TwinDevices, TwinWorkers                     int
+	TwinDuration                                 time.Duration
+	C2DDevices, C2DMessages, C2DWorkers          int
+	ScenarioTimeout                              time.Duration
+}
+
+// StandardSizes is what `make bench` runs.
+func StandardSizes() Sizes {
+	return Sizes{
+		D2CDevices: 100, D2CMessages: 2000, D2CBytes: 256, D2CWindow: 32,
+		StormConnects: 5000, StormDialers: 64,
+		IdleSteps: []int{10_000, 100_000}, IdleDialers: 64,
+		TwinDevices: 1000, TwinWorkers: 32, TwinDuration: 10 * time.Second,
+		C2DDevices: 100, C2DMessages: 10_000, C2DWorkers: 16,
+		ScenarioTimeout: 120 * time.Second,
+	}
+}
+
+// QuickSizes is the smoke-test preset.
+func QuickSizes() Sizes {
+	return Sizes{
+		D2CDevices: 10, D2CMessages: 300, D2CBytes: 256, D2CWindow: 16,
+		StormConnects: 200, StormDialers: 16,
+		IdleSteps: []int{200, 1000}, IdleDialers: 16,
+		TwinDevices: 100, TwinWorkers: 8, TwinDuration: time.Second,
+		C2DDevices: 10, C2DMessages: 200, C2DWorkers: 4,
+		ScenarioTimeout: 30 * time.Second,
+	}
+}
+
+// Report is everything one run measured.
+type Report struct {
+	Date      time.Time `json:"date"`
+	Mode      string    `json:"mode"`
+	Machine   Machine   `json:"machine"`
+	Mosquitto string    `json:"mosquitto,omitempty"`
+	FileLimit uint64    `json:"fileLimit"`
+	Seconds   float64   `json:"seconds"`
+	Results   []Result  `json:"results"`
+	Summary   []Row     `json:"summary"`
+	Caveats   []string  `json:"caveats"`
+}
+
+func (r *Report) find(scenario, target string) *Result {
+	for i := range r.Results {
+		if r.Results[i].Scenario == scenario && r.Results[i].Target == target {
+			return &r.Results[i]
+		}
+	}
+	return nil
+}
+
+// Run starts the hub (and Mosquitto), runs every scenario and returns the
+// report; WriteReport stores it. A scenario that fails is recorded with its
+// Failure and the suite carries on.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	sizes := StandardSizes()
+	mode := "standard"
+	if cfg.Quick {
+		sizes, mode = QuickSizes(), "quick"
+	}
+	if cfg.HubIP == "" {
+		cfg.HubIP = "127.0.0.50"
+	}
+	if cfg.MosquittoIP == "" {
+		cfg.MosquittoIP = "127.0.0.51"
+	}
+	if cfg.HTTPSPort == 0 {
+		cfg.HTTPSPort = 443
+	}
+	logw := cfg.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(logw, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	}
+	if _, err := os.Stat(cfg.MoatBin); err != nil {
+		return nil, fmt.Errorf("moat binary: %w", err)
+	}
+	work := cfg.WorkDir
+	if work == "" {
+		d, err := os.MkdirTemp("", "moatbench-")
+		if err != nil {
+			return nil, fmt.Errorf("work directory: %w", err)
+		}
+		defer os.RemoveAll(d)
+		work = d
+	} else if err := os.MkdirAll(work, 0o755); err != nil {
+		return nil, fmt.Errorf("work directory: %w", err)
+	}
+	started := time.Now()
+	rep := &Report{Date: started.UTC(), Mode: mode, Machine: describeMachine()}
+	maxIdle := sizes.IdleSteps[len(sizes.IdleSteps)-1]
+	rep.FileLimit = raiseFileLimit(uint64(2*maxIdle + 10_000))
+	if lim := int(rep.FileLimit) - 2_000; lim < maxIdle {
+		// Both ends of every connection are in this process or the hub,
+		// each with its own limit, so the smaller bounds the idle test.
+		var steps []int
+		for _, s := range sizes.IdleSteps {
+			steps = append(steps, min(s, lim))
+		}
+		sizes.IdleSteps = steps
+		maxIdle = steps[len(steps)-1]
+		rep.Caveats = append(rep.Caveats, fmt.Sprintf("open-file limit %d (could not raise it): idle steps capped at %d", rep.FileLimit, lim))
+	}
+
+	hubData := filepath.Join(work, "hub")
+	logf("starting hub %s on %s", cfg.MoatBin, cfg.HubIP)
+	h, err := startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if h != nil {
+			h.stop()
+		}
+	}()
+
+	svc, _, err := h.serviceClient(8)
+	if err != nil {
+		return nil, err
+	}
+	nDevices := max(maxIdle, sizes.D2CDevices, sizes.TwinDevices, sizes.C2DDevices, min(sizes.StormConnects, maxIdle))
+	logf("creating %d devices", nDevices)
+	cr, err := createDevices(ctx, svc, nDevices, 4)
+	rep.Results = append(rep.Results, cr)
+	if err != nil {
+		return rep, err
+	}
+	logf("  %.0f devices/s", cr.Rate)
+
+	plain := deviceDialer{host: h.ip, addr: h.mqttPlain}
+	secure := deviceDialer{host: h.ip, addr: h.mqttTLS, tls: h.tlsConf}
+	moatTarget := func(name string, d deviceDialer) d2cTarget {
+		return d2cTarget{
+			name: name, dial: d.config, pid: h.pid(),
+			topic:   func(i int) string { return "devices/" + deviceID(i) + "/messages/events/" },
+			receive: h.receiveEvents,
+		}
+	}
+	targets := []d2cTarget{moatTarget(TargetMoatPlain, plain), moatTarget(TargetMoatTLS, secure)}
+
+	var mosq *server
+	var sub1 *d2cTarget
+	if cfg.MosquittoBin != "" {
+		if out, err := exec.Command(cfg.MosquittoBin, "-h").Output(); err == nil || len(out) > 0 {
+			rep.Mosquitto = firstLine(string(out))
+		}
+		mdir := filepath.Join(work, "mosquitto")
+		if err := os.MkdirAll(mdir, 0o755); err != nil {
+			return rep, err
+		}
+		var addr string
+		mosq, addr, err = startMosquitto(ctx, cfg.MosquittoBin, mdir, cfg.MosquittoIP, 1883)
+		if err != nil {
+			return rep, err
+		}
+		defer func() { mosq.stop() }()
+		mt := d2cTarget{
+			name: TargetMosquitto, pid: mosq.pid(),
+			dial: func(i int) (DialConfig, error) {
+				return DialConfig{Addr: addr, ClientID: deviceID(i), CleanSession: true, KeepAlive: 1177}, nil
+			},
+			topic:   func(i int) string { return "bench/" + deviceID(i) },
+			receive: receiveMQTT(addr, "bench/#"),
+		}
+		targets = append(targets, mt)
+		mt.name, mt.subQoS = TargetMosquittoSub1, 1
+		sub1 = &mt
+	} else {
+		rep.Caveats = append(rep.Caveats, "Mosquitto not run: no ratios")
+	}
+
+	// Device-to-cloud: every target at QoS 0 and QoS 1 as fast as it goes,
+	// then QoS 1 paced at half of that target's peak for latency.
+	for _, qos := range []byte{0, 1} {
+		for _, tg := range targets {
+			p := D2CParams{Devices: sizes.D2CDevices, Messages: sizes.D2CMessages, Bytes: sizes.D2CBytes, QoS: qos, Window: sizes.D2CWindow, Timeout: sizes.ScenarioTimeout}
+			logf("d2c qos%d on %s: %d devices x %d messages x %d B", qos, tg.name, p.Devices, p.Messages, p.Bytes)
+			r := runD2C(ctx, tg, p)
+			logResult(logf, r)
+			rep.Results = append(rep.Results, r)
+		}
+	}
+	if sub1 != nil {
+		p := D2CParams{Devices: sizes.D2CDevices, Messages: sizes.D2CMessages, Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Timeout: sizes.ScenarioTimeout}
+		logf("d2c qos1 on %s", sub1.name)
+		r := runD2C(ctx, *sub1, p)
+		logResult(logf, r)
+		rep.Results = append(rep.Results, r)
+	}
+	for _, tg := range targets {
+		peak := rep.find("d2c qos1", tg.name)
+		if peak == nil || peak.Rate <= 0 || peak.ReceiveRate <= 0 {
+			continue
+		}
+		// Peak is what arrives end to end: pacing at half of the PUBACK rate
+		// would only measure the backlog of a receiver that cannot keep up.
+		rate := min(peak.Rate, peak.ReceiveRate) / 2
+		// About five seconds (one in quick mode) at the paced rate.
+		secs := 5.0
+		if cfg.Quick {
+			secs = 1
+		}
+		msgs := max(20, int(rate*secs)/sizes.D2CDevices)
+		p := D2CParams{Devices: sizes.D2CDevices, Messages: msgs, Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Rate: rate, Timeout: sizes.ScenarioTimeout}
+		logf("d2c qos1 paced on %s at %.0f msg/s", tg.name, rate)
+		r := runD2C(ctx, tg, p)
+		logResult(logf, r)
+		rep.Results = append(rep.Results, r)
+	}
+	if ctx.Err() != nil {
+		return finish(rep, started), ctx.Err()
+	}
+	if mosq != nil {
+		mosq.stop()
+		mosq = nil
+	}
+
+	logf("twin reads")
+	r := runTwins(ctx, h, false, sizes.TwinDevices, sizes.TwinWorkers, sizes.TwinDuration)
+	logResult(logf, r)
+	rep.Results = append(rep.Results, r)
+	logf("twin updates")
+	r = runTwins(ctx, h, true, sizes.TwinDevices, sizes.TwinWorkers, sizes.TwinDuration)
+	logResult(logf, r)
+	rep.Results = append(rep.Results, r)
+
+	logf("c2d: %d messages to %d devices", sizes.C2DMessages, sizes.C2DDevices)
+	r = runC2D(ctx, h, plain, sizes.C2DDevices, sizes.C2DMessages, sizes.C2DWorkers, sizes.ScenarioTimeout)
+	logResult(logf, r)
+	rep.Results = append(rep.Results, r)
+
+	if ctx.Err() != nil {
+		return finish(rep, started), ctx.Err()
+	}
+	stormDevices := min(sizes.StormConnects, nDevices)
+	for _, tg := range []struct {
+		name string
+		d    deviceDialer
+	}{{TargetMoatTLS, secure}, {TargetMoatPlain, plain}} {
+		logf("connect storm on %s: %d connects, %d dialers", tg.name, sizes.StormConnects, sizes.StormDialers)
+		r := runConnectStorm(ctx, tg.d, tg.name, sizes.StormConnects, sizes.StormDialers, stormDevices, h.pid(), sizes.ScenarioTimeout)
+		logResult(logf, r)
+		rep.Results = append(rep.Results, r)
+	}
+
+	if ctx.Err() != nil {
+		return finish(rep, started), ctx.Err()
+	}
+	// Idle connections on a fresh hub process, so that memory the earlier
+	// scenarios left in its heap does not hide the per-connection cost.
+	h.stop()
+	logf("restarting hub for the idle test")
+	h, err = startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub-idle.log"))
+	if err != nil {
+		return finish(rep, started), err
+	}
+	timeout := 10 * time.Minute
+	if cfg.Quick {
+		timeout = sizes.ScenarioTimeout
+	}
+	// First the smallest step without TLS, to tell what TLS itself costs.
+	idlePlain := plain
+	idlePlain.localIPs = localIPs(8)
+	logf("idle connections over plain TCP: %d", sizes.IdleSteps[0])
+	for _, r := range runIdle(ctx, h, idlePlain, TargetMoatPlain, sizes.IdleSteps[:1], sizes.IdleDialers, timeout) {
+		logResult(logf, r)
+		rep.Results = append(rep.Results, r)
+	}
+	h.stop()
+	h, err = startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub-idle-tls.log"))
+	if err != nil {
+		return finish(rep, started), err
+	}
+	idle := secure
+	idle.localIPs = localIPs(8)
+	logf("idle connections over TLS: %v", sizes.IdleSteps)
+	for _, r := range runIdle(ctx, h, idle, TargetMoatTLS, sizes.IdleSteps, sizes.IdleDialers, timeout) {
+		logResult(logf, r)
+		rep.Results = append(rep.Results, r)
+	}
+
+	finish(rep, started)
+	if ctx.Err() != nil {
+		return rep, ctx.Err()
+	}
+	return rep, nil
+}
+
+// finish fills in what a report gets at the end, even of an interrupted run.
+func finish(rep *Report, started time.Time) *Report {
+	rep.Seconds = time.Since(started).Seconds()
+	rep.Machine.LoadAvgEnd = loadAvg()
+	rep.Summary = summaryRows(rep)
+	rep.Caveats = append(rep.Caveats, standardCaveats...)
+	return rep
+}
+
+var standardCaveats = []string{
+	"The generator, the hub and Mosquitto share the same cores; every figure includes the generator's own CPU cost, and anything else running on the machine (see loadAvg) makes them noisy.",
+	"Moat has no durable log or routing yet: a QoS 1 PUBACK means the message reached the hub's live events stream, not disk, so the 'durable QoS 1' bar is measured without durability.",
+	"Moat's end-to-end receiver is its live events stream (GET /moat/events, NDJSON over HTTPS). It is best effort: it skips messages for a slow reader and says how many (dropped); 'lost' counts only messages that vanished without such notice.",
+	"Mosquitto's receiver is one MQTT subscriber to bench/# at QoS 0, like Moat's unacknowledged events stream; the mosquitto-sub-qos1 run subscribes at QoS 1 instead, which adds Mosquitto's acknowledged outbound flow.",
+	"QoS 1 rate = PUBACKs per second at the publishers (ingest); receive rate = first receipts per second at the receiver. The paced latency runs go at half of the lower of the two, the end-to-end peak.",
+	"Unpaced runs' latencies are queueing delay (the generator publishes as fast as it can); only the paced runs' latencies are meaningful.",
+}
+
+func firstLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+func logResult(logf func(string, ...any), r Result) {
+	if r.Failure != "" {
+		logf("  FAILED: %s", r.Failure)
+	}
+	lat := ""
+	if r.Latency != nil && r.Latency.Samples > 0 {
+		lat = fmt.Sprintf(" p50 %.2f ms p99 %.2f ms p999 %.2f ms", r.Latency.P50, r.Latency.P99, r.Latency.P999)
+	}
+	logf("  rate %.0f/s recv %.0f/s sent %d acked %d received %d dropped %d lost %d dup %d errors %d%s", r.Rate, r.ReceiveRate, r.Sent, r.Acked, r.Received, r.Dropped, r.Lost, r.Duplicates, r.Errors, lat)
+	if r.RSSPerDevice != 0 {
+		logf("  RSS per device %d B", r.RSSPerDevice)
+	}
+	if r.FirstErr != "" {
+		logf("  first error: %s", r.FirstErr)
+	}
+}
+
+// WriteReport stores results.json and results.md in dir.
+func WriteReport(dir string, rep *Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("results directory: %w", err)
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(Markdown(rep)), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+// ErrNoMosquitto is returned by FindMosquitto when no binary is found.
+var ErrNoMosquitto = errors.New("mosquitto not found")
+
+// FindMosquitto returns the Debian broker's path, or one on PATH.
+func FindMosquitto() (string, error) {
+	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
+		return "/usr/sbin/mosquitto", nil
+	}
+	if p, err := exec.LookPath("mosquitto"); err == nil {
+		return p, nil
+	}
+	return "", ErrNoMosquitto
+}
