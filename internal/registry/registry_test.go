@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -993,4 +994,45 @@ func BenchmarkUpdateReported(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkUpdateReportedParallel is the shape of real load: many devices
+// reporting at once, which group commit turns into few fsyncs.
+func BenchmarkUpdateReportedParallel(b *testing.B) {
+	h := newHarness(b)
+	const devices = 64
+	for i := range devices {
+		must(h.CreateDevice(ctx, registry.Device{DeviceID: fmt.Sprintf("d%d", i)}))(b)
+	}
+	var next atomic.Int64
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		id := fmt.Sprintf("d%d", next.Add(1)%devices)
+		i := 0
+		for pb.Next() {
+			i++
+			if _, err := h.UpdateReported(ctx, id, "", []byte(fmt.Sprintf(`{"temp":%d}`, i))); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkSetConnectionStateParallel(b *testing.B) {
+	h := newHarness(b)
+	const devices = 256
+	for i := range devices {
+		must(h.CreateDevice(ctx, registry.Device{DeviceID: fmt.Sprintf("d%d", i)}))(b)
+	}
+	var next atomic.Int64
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n := next.Add(1)
+			if err := h.SetConnectionState(ctx, fmt.Sprintf("d%d", n%devices), "", n%2 == 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
