@@ -104,7 +104,7 @@ func TestExpiryAndDeadLetter(t *testing.T) {
 	if err != nil || len(got) != 1 || string(got[0].Message.Body) != "far" {
 		t.Fatalf("after expiry: %+v %v", got, err)
 	}
-	if !got[0].Expiry.Equal(now.Add(-2*time.Minute).Add(MaxTTL)) {
+	if !got[0].Expiry.Equal(now.Add(-2 * time.Minute).Add(MaxTTL)) {
 		t.Fatalf("expiry not capped at 48 h: %v", got[0].Expiry)
 	}
 	for i := 1; i < MaxDeliveryCount; i++ {

@@ -8,12 +8,15 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/moat-iot/moat/internal/groupcommit"
 )
 
 // SQLiteStore keeps the queues in an SQLite file with full fsync, so a message
 // the hub accepted survives a crash.
 type SQLiteStore struct {
 	db *sql.DB
+	gc *groupcommit.Writer // writes of concurrent senders share fsyncs
 }
 
 // OpenSQLite opens (creating if needed) the queue database at path.
@@ -36,7 +39,7 @@ func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("create c2d schema: %w", err)
 	}
-	return &SQLiteStore{db: db}, nil
+	return &SQLiteStore{db: db, gc: groupcommit.New(db)}, nil
 }
 
 // Enqueue implements Store.
@@ -45,31 +48,25 @@ func (s *SQLiteStore) Enqueue(ctx context.Context, e *Entry, max int) error {
 	if err != nil {
 		return fmt.Errorf("encode message: %w", err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	defer tx.Rollback()
-	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM c2d WHERE device_id = ?`, e.DeviceID).Scan(&n); err != nil {
-		return fmt.Errorf("count: %w", err)
-	}
-	if n >= max {
-		return ErrQueueFull
-	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO c2d(device_id, message, expiry) VALUES (?, ?, ?)`, e.DeviceID, body, e.Expiry.UnixNano())
-	if err != nil {
-		return fmt.Errorf("insert: %w", err)
-	}
-	id, err := res.LastInsertId()
-	if err != nil {
-		return fmt.Errorf("insert id: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	e.Seq = uint64(id)
-	return nil
+	return s.gc.Do(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM c2d WHERE device_id = ?`, e.DeviceID).Scan(&n); err != nil {
+			return fmt.Errorf("count: %w", err)
+		}
+		if n >= max {
+			return ErrQueueFull
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO c2d(device_id, message, expiry) VALUES (?, ?, ?)`, e.DeviceID, body, e.Expiry.UnixNano())
+		if err != nil {
+			return fmt.Errorf("insert: %w", err)
+		}
+		id, err := res.LastInsertId()
+		if err != nil {
+			return fmt.Errorf("insert id: %w", err)
+		}
+		e.Seq = uint64(id)
+		return nil
+	})
 }
 
 // Pending implements Store.
@@ -99,24 +96,33 @@ func (s *SQLiteStore) Pending(ctx context.Context, deviceID string) ([]Entry, er
 
 // MarkDelivered implements Store.
 func (s *SQLiteStore) MarkDelivered(ctx context.Context, deviceID string, seq uint64) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE c2d SET deliveries = deliveries + 1 WHERE device_id = ? AND seq = ?`, deviceID, seq)
-	return err
+	return s.exec(ctx, `UPDATE c2d SET deliveries = deliveries + 1 WHERE device_id = ? AND seq = ?`, deviceID, seq)
 }
 
 // Remove implements Store.
 func (s *SQLiteStore) Remove(ctx context.Context, deviceID string, seq uint64) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM c2d WHERE device_id = ? AND seq = ?`, deviceID, seq)
-	return err
+	return s.exec(ctx, `DELETE FROM c2d WHERE device_id = ? AND seq = ?`, deviceID, seq)
 }
 
 // Purge implements Store.
 func (s *SQLiteStore) Purge(ctx context.Context, deviceID string) (int, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM c2d WHERE device_id = ?`, deviceID)
-	if err != nil {
-		return 0, err
-	}
-	n, err := res.RowsAffected()
+	var n int64
+	err := s.gc.Do(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM c2d WHERE device_id = ?`, deviceID)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	return int(n), err
+}
+
+func (s *SQLiteStore) exec(ctx context.Context, q string, args ...any) error {
+	return s.gc.Do(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, q, args...)
+		return err
+	})
 }
 
 // Count implements Store.
@@ -127,4 +133,7 @@ func (s *SQLiteStore) Count(ctx context.Context, deviceID string) (int, error) {
 }
 
 // Close implements Store.
-func (s *SQLiteStore) Close() error { return s.db.Close() }
+func (s *SQLiteStore) Close() error {
+	s.gc.Close()
+	return s.db.Close()
+}

@@ -8,8 +8,8 @@ package mqttdevice
 
 import (
 	"context"
-	"errors"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"

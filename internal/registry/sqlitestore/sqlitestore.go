@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moat-iot/moat/internal/groupcommit"
 	"github.com/moat-iot/moat/internal/registry"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -23,24 +24,10 @@ type Store struct {
 	w *sql.DB // the one writer connection
 	r *sql.DB // readers
 
-	// Writes go through one committer goroutine that runs every write queued
-	// while the previous commit was syncing in a single transaction (group
-	// commit): each gets its own savepoint, so one failing write does not undo
-	// the others, and the batch costs one fsync instead of one per write.
-	jobs chan *job
-	stop chan struct{}
-	done chan struct{}
+	// Every write is group-committed with the writes queued beside it, so a
+	// storm of connects or twin reports costs a few fsyncs, not one each.
+	gc *groupcommit.Writer
 }
-
-type job struct {
-	ctx  context.Context
-	fn   func(tx *sql.Tx) error
-	errc chan error
-}
-
-// maxBatch bounds a group commit, so a long queue cannot grow one
-// transaction (and the latency of its first writer) without limit.
-const maxBatch = 256
 
 var _ registry.Store = (*Store)(nil)
 
@@ -98,9 +85,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		r.Close()
 		return nil, fmt.Errorf("open registry %s readers: %w", path, err)
 	}
-	st := &Store{w: w, r: r, jobs: make(chan *job, maxBatch), stop: make(chan struct{}), done: make(chan struct{})}
-	go st.committer()
-	return st, nil
+	return &Store{w: w, r: r, gc: groupcommit.New(w)}, nil
 }
 
 // escapePath keeps a file name whole inside a "file:" URI, which SQLite
@@ -138,93 +123,10 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// Close stops the committer and closes the database. Writes still queued fail.
+// Close stops the writer and closes the database. Writes still queued fail.
 func (s *Store) Close() error {
-	close(s.stop)
-	<-s.done
+	s.gc.Close()
 	return errors.Join(s.r.Close(), s.w.Close())
-}
-
-var errClosed = errors.New("registry store closed")
-
-func (s *Store) committer() {
-	defer close(s.done)
-	batch := make([]*job, 0, maxBatch)
-	for {
-		select {
-		case <-s.stop:
-			s.drain(errClosed)
-			return
-		case j := <-s.jobs:
-			batch = append(batch[:0], j)
-		}
-	more:
-		for len(batch) < maxBatch {
-			select {
-			case j := <-s.jobs:
-				batch = append(batch, j)
-			default:
-				break more
-			}
-		}
-		s.commit(batch)
-	}
-}
-
-func (s *Store) drain(err error) {
-	for {
-		select {
-		case j := <-s.jobs:
-			j.errc <- err
-		default:
-			return
-		}
-	}
-}
-
-// commit runs a batch of writes in one transaction.
-func (s *Store) commit(batch []*job) {
-	fail := func(err error) {
-		for _, j := range batch {
-			if j.errc != nil {
-				j.errc <- err
-			}
-		}
-	}
-	tx, err := s.w.BeginTx(context.Background(), nil)
-	if err != nil {
-		fail(fmt.Errorf("begin: %w", err))
-		return
-	}
-	results := make([]error, len(batch))
-	for i, j := range batch {
-		if err := j.ctx.Err(); err != nil {
-			results[i] = err
-			continue
-		}
-		if _, err := tx.ExecContext(j.ctx, `SAVEPOINT w`); err != nil {
-			tx.Rollback()
-			fail(fmt.Errorf("savepoint: %w", err))
-			return
-		}
-		results[i] = j.fn(tx)
-		undo := `RELEASE w`
-		if results[i] != nil {
-			undo = `ROLLBACK TO w; RELEASE w`
-		}
-		if _, err := tx.ExecContext(context.Background(), undo); err != nil {
-			tx.Rollback()
-			fail(fmt.Errorf("release savepoint: %w", err))
-			return
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		fail(fmt.Errorf("commit: %w", err))
-		return
-	}
-	for i, j := range batch {
-		j.errc <- results[i]
-	}
 }
 
 type queryer interface {
@@ -468,23 +370,13 @@ func (p passThrough) Error() string { return p.err.Error() }
 // inTx runs fn in a write transaction, group-committed with other writes, and
 // returns once that transaction is durable.
 func (s *Store) inTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
-	j := &job{ctx: ctx, fn: fn, errc: make(chan error, 1)}
-	select {
-	case s.jobs <- j:
-	case <-s.stop:
-		return fmt.Errorf("%s: %w", what, errClosed)
-	case <-ctx.Done():
-		return fmt.Errorf("%s: %w", what, ctx.Err())
+	err := s.gc.Do(ctx, fn)
+	if err == nil {
+		return nil
 	}
-	// Once queued, wait for the outcome even if ctx ends: the write may
-	// already be in the committing transaction.
-	err := <-j.errc
-	if err != nil {
-		var p passThrough
-		if errors.As(err, &p) {
-			return p.err
-		}
-		return fmt.Errorf("%s: %w", what, err)
+	var p passThrough
+	if errors.As(err, &p) {
+		return p.err
 	}
-	return nil
+	return fmt.Errorf("%s: %w", what, err)
 }
