@@ -25,8 +25,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moat-iot/moat/internal/c2d"
+	"github.com/moat-iot/moat/internal/configurations"
 	"github.com/moat-iot/moat/internal/errcode"
 	"github.com/moat-iot/moat/internal/events"
+	"github.com/moat-iot/moat/internal/jobs"
 	"github.com/moat-iot/moat/internal/methods"
 	"github.com/moat-iot/moat/internal/registry"
 	"github.com/moat-iot/moat/internal/sas"
@@ -48,6 +50,11 @@ type Config struct {
 	Log              *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// Jobs and Configurations, if set, serve /jobs/v2 and /configurations;
+	// nil answers 503.
+	Jobs           *jobs.Service
+	Configurations *configurations.Service
 }
 
 // Limits on what a caller may send.
@@ -142,7 +149,7 @@ func (s *Server) routes() {
 	h("GET /twins/{id}/modules/{mid}", twinRead, s.getTwin)
 	h("PATCH /twins/{id}/modules/{mid}", service, s.patchTwin)
 	h("PUT /twins/{id}/modules/{mid}", service, s.replaceTwin)
-	h("POST /devices/query", twinRead, s.query)
+	h("POST /devices/query", twinRead, s.queryWithJobs)
 
 	h("POST /twins/{id}/methods", service, s.invokeMethod)
 	h("POST /twins/{id}/modules/{mid}/methods", service, s.invokeMethod)
@@ -150,6 +157,7 @@ func (s *Server) routes() {
 	h("DELETE /devices/{id}/commands", service, s.purgeC2D)
 	h("POST /devices/{id}/messages/deviceBound", service, s.sendC2D)
 	h("GET /moat/events", service, s.monitorEvents)
+	s.jobsRoutes()
 
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.metrics.observe(w, r, "unmatched", func(w http.ResponseWriter) {
