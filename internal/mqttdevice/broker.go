@@ -85,6 +85,10 @@ func New(cfg Config) (*Broker, error) {
 	caps.MaximumPacketSize = MaxMessageSize + 16*1024
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true // strict MQTT 5 clients reject inherited user properties
 	caps.MaximumSessionExpiryInterval = 7 * 24 * 3600
+	// mochi allocates each client's outbound queue at this length up front
+	// (8192 pointers, 64 KiB, by default): most of an idle connection's
+	// memory. A device rarely has more than a few messages queued to it.
+	caps.MaximumClientWritesPending = 256
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
