@@ -24,10 +24,13 @@ import (
 
 	"github.com/moat-iot/moat/internal/c2d"
 	"github.com/moat-iot/moat/internal/config"
+	"github.com/moat-iot/moat/internal/configurations"
 	"github.com/moat-iot/moat/internal/events"
+	"github.com/moat-iot/moat/internal/jobs"
 	"github.com/moat-iot/moat/internal/message"
 	"github.com/moat-iot/moat/internal/methods"
 	"github.com/moat-iot/moat/internal/mqttdevice"
+	"github.com/moat-iot/moat/internal/msglog"
 	"github.com/moat-iot/moat/internal/pki"
 	"github.com/moat-iot/moat/internal/registry"
 	"github.com/moat-iot/moat/internal/registry/sqlitestore"
@@ -52,9 +55,12 @@ type Hub struct {
 	registry *registry.Registry
 	c2d      *c2d.Queue
 	events   *events.Stream
+	msglog   *msglog.PebbleLog
 	methods  *methods.Invoker
 	broker   *mqttdevice.Broker
 	api      *serviceapi.Server
+	jobs     *jobs.Service
+	configs  *configurations.Service
 	metrics  *prometheus.Registry
 
 	telemetry prometheus.Counter
@@ -114,6 +120,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 		h.close()
 		return nil, fmt.Errorf("session store: %w", err)
 	}
+	// Every accepted device-to-cloud message is appended here, durably,
+	// before the device gets its PUBACK. Nothing trims the log yet: until
+	// routing trims behind its slowest cursor, the directory grows by about
+	// each message's size (body and properties) plus pebble's overhead.
+	h.msglog, err = msglog.OpenPebble(filepath.Join(h.dataDir, "log"), msglog.PebbleOptions{Logger: log.With("component", "msglog")})
+	if err != nil {
+		h.close()
+		return nil, fmt.Errorf("message log: %w", err)
+	}
 	h.events = events.New()
 	h.c2d = c2d.New(h.c2dStore, log.With("component", "c2d"), nil)
 
@@ -137,19 +152,22 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	h.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h.telemetry = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_telemetry_messages_total", Help: "Device-to-cloud messages accepted."})
 	h.metrics.MustRegister(h.telemetry)
+	h.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_log_last_offset", Help: "Offset of the last message in the durable message log."}, func() float64 { return float64(h.msglog.Last()) }))
+	h.metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moat_log_commits_total", Help: "Group commits (one fsync each) of the durable message log; moat_log_last_offset over this is the messages per fsync."}, func() float64 { return float64(h.msglog.Stats().Commits) }))
 
 	var transportRef methodTransport
 	h.methods = methods.New(&transportRef)
 	broker, err = mqttdevice.New(mqttdevice.Config{
-		HostName:  h.hostName,
-		Registry:  h.registry,
-		Policies:  h.Policies,
-		Methods:   h.methods,
-		C2D:       h.c2d,
-		Accept:    h.accept,
-		Sessions:  h.sessions,
-		ClientCAs: ca.CAPool(),
-		Log:       log.With("component", "mqtt"),
+		HostName:    h.hostName,
+		Registry:    h.registry,
+		Policies:    h.Policies,
+		Methods:     h.methods,
+		C2D:         h.c2d,
+		Accept:      h.accept,
+		AcceptAsync: h.acceptAsync,
+		Sessions:    h.sessions,
+		ClientCAs:   ca.CAPool(),
+		Log:         log.With("component", "mqtt"),
 	})
 	if err != nil {
 		h.close()
@@ -160,6 +178,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	h.c2d.SetNotify(broker.Notify)
 	h.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_connected_devices", Help: "Authenticated MQTT connections."}, func() float64 { return float64(broker.Connected()) }))
 
+	if h.jobs, err = jobs.Open(ctx, h.dataDir, jobs.Options{Registry: h.registry, Methods: h.methods, Log: log.With("component", "jobs")}); err != nil {
+		h.close()
+		return nil, fmt.Errorf("jobs: %w", err)
+	}
+	if h.configs, err = configurations.Open(ctx, h.dataDir, configurations.Options{Registry: h.registry, Log: log.With("component", "configurations")}); err != nil {
+		h.close()
+		return nil, fmt.Errorf("configurations: %w", err)
+	}
 	h.api = serviceapi.New(serviceapi.Config{
 		HostName:         h.hostName,
 		Policies:         h.Policies,
@@ -169,6 +195,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 		Events:           h.events,
 		Log:              log.With("component", "serviceapi"),
 		ConnectedDevices: broker.Connected,
+		Jobs:             h.jobs,
+		Configurations:   h.configs,
 	})
 	for _, c := range h.api.Collectors() {
 		h.metrics.MustRegister(c)
@@ -207,9 +235,37 @@ func (h *Hub) Authority() *pki.Authority { return h.ca }
 // Policies returns the shared access policies in force.
 func (h *Hub) Policies() []sas.Policy { return h.policies }
 
-// accept takes a device's telemetry. Until routing's durable log exists it goes
-// to the built-in events stream.
-func (h *Hub) accept(_ context.Context, m message.Message) error {
+// accept takes a device's telemetry: it returns once the message is in the
+// durable log (so the PUBACK that follows means "on disk"), then hands it to
+// the live events stream.
+// acceptAsync is accept without waiting, for the broker's hot path: the log
+// group-commits many devices' messages per fsync and calls back once each is
+// durable.
+func (h *Hub) acceptAsync(m message.Message, done func(error)) {
+	rec, err := msglog.EncodeMessage(m)
+	if err != nil {
+		done(fmt.Errorf("accept message: %w", err))
+		return
+	}
+	h.msglog.AppendAsync(rec, func(_ uint64, err error) {
+		if err != nil {
+			done(fmt.Errorf("accept message: %w", err))
+			return
+		}
+		h.telemetry.Inc()
+		h.events.Publish(m)
+		done(nil)
+	})
+}
+
+func (h *Hub) accept(ctx context.Context, m message.Message) error {
+	rec, err := msglog.EncodeMessage(m)
+	if err != nil {
+		return fmt.Errorf("accept message: %w", err)
+	}
+	if _, err := h.msglog.Append(ctx, rec); err != nil {
+		return fmt.Errorf("accept message: %w", err)
+	}
 	h.telemetry.Inc()
 	h.events.Publish(m)
 	return nil
@@ -269,6 +325,12 @@ func (h *Hub) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if err := h.jobs.Start(runCtx); err != nil {
+		return err
+	}
+	if err := h.configs.Start(runCtx); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	ready := []any{}
@@ -361,6 +423,20 @@ func ignoreClosed(err error) error {
 }
 
 func (h *Hub) close() {
+	// Jobs and configurations write twins: they stop before the registry.
+	if h.jobs != nil {
+		h.jobs.Close()
+	}
+	if h.configs != nil {
+		h.configs.Close()
+	}
+	if h.msglog != nil {
+		st := h.msglog.Stats()
+		h.log.Info("closing message log", "lastOffset", h.msglog.Last(), "commits", st.Commits, "appends", st.Appends)
+		if err := h.msglog.Close(); err != nil {
+			h.log.Warn("closing message log", "error", err)
+		}
+	}
 	if h.c2dStore != nil {
 		h.c2dStore.Close()
 	}

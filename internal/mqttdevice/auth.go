@@ -13,6 +13,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moat-iot/moat/internal/errcode"
@@ -26,7 +27,8 @@ type connState struct {
 	authMethod string // "sas", "x509"
 	token      *sas.Token
 	genID      string
-	expiry     *time.Timer // token expiry disconnect; nil for X.509
+	expiry     *time.Timer  // token expiry disconnect; nil for X.509
+	unacked    atomic.Int32 // telemetry handed to the log, not yet acknowledged
 	mu         sync.Mutex
 }
 

@@ -46,6 +46,11 @@ type Config struct {
 	// PUBACK is sent only afterwards. An error disconnects the device without
 	// an acknowledgement, so it sends again.
 	Accept func(ctx context.Context, m message.Message) error
+	// AcceptAsync, if set, takes telemetry without waiting: done is called
+	// exactly once when the message is durable (nil) or cannot be (an error),
+	// from any goroutine, and must not block. The device's PUBACK is sent from
+	// done, so the broker keeps reading while the log commits.
+	AcceptAsync func(m message.Message, done func(error))
 	// Sessions persists the subscriptions of clean=false sessions across hub
 	// restarts; nil keeps them in memory only.
 	Sessions session.Store
@@ -65,6 +70,7 @@ type Broker struct {
 	// sessions maps a live *mqtt.Client to what its CONNECT established.
 	sessions sync.Map // *mqtt.Client -> *connState
 	c2d      *c2dDelivery
+	acks     *acker
 
 	connected atomic.Int64
 	ctx       context.Context
@@ -99,6 +105,7 @@ func New(cfg Config) (*Broker, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{cfg: cfg, server: srv, log: cfg.Log, ctx: ctx, cancel: cancel}
 	b.c2d = newC2DDelivery(b)
+	b.acks = newAcker(b)
 	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
 		cancel()
 		return nil, fmt.Errorf("add mqtt hook: %w", err)
@@ -108,6 +115,7 @@ func New(cfg Config) (*Broker, error) {
 
 // Start starts the broker's housekeeping loops.
 func (b *Broker) Start() error {
+	b.acks.start()
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("start mqtt server: %w", err)
 	}
@@ -126,6 +134,7 @@ func (b *Broker) Close() error {
 	}
 	b.c2d.wg.Wait()
 	b.cancel()
+	b.acks.wg.Wait()
 	return b.server.Close()
 }
 

@@ -217,6 +217,20 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if err != nil {
 			return h.drop(cl, err.Error())
 		}
+		if b.cfg.AcceptAsync != nil {
+			if s.unacked.Add(1) > maxUnacked {
+				s.unacked.Add(-1)
+				return h.drop(cl, "too many messages awaiting acknowledgement")
+			}
+			id := uint16(0)
+			if pk.FixedHeader.Qos > 0 {
+				id = pk.PacketID
+			}
+			b.cfg.AcceptAsync(m, b.acks.done(cl, s, id))
+			// mochi neither acknowledges nor forwards a rejected packet; the
+			// acker sends the PUBACK once the message is durable.
+			return pk, packets.ErrRejectPacket
+		}
 		if err := b.cfg.Accept(b.ctx, m); err != nil {
 			b.log.Error("telemetry not accepted; closing connection so the device resends", "clientId", cl.ID, "error", err)
 			cl.Stop(err)
