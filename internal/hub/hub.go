@@ -148,6 +148,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 		},
 	})
 
+	if err := h.registry.ResetConnections(ctx); err != nil {
+		h.close()
+		return nil, err
+	}
+
 	h.metrics = prometheus.NewRegistry()
 	h.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h.telemetry = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_telemetry_messages_total", Help: "Device-to-cloud messages accepted."})

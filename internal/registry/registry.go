@@ -465,6 +465,15 @@ func (r *Registry) ListModules(ctx context.Context, deviceID string) ([]Module, 
 	return out, nil
 }
 
+// ResetConnections marks every identity disconnected; the hub calls it at
+// start, since no connection outlives the process that held it.
+func (r *Registry) ResetConnections(ctx context.Context) error {
+	if err := r.store.DisconnectAll(ctx, r.now()); err != nil {
+		return fmt.Errorf("reset connection states: %w", err)
+	}
+	return nil
+}
+
 // SetConnectionState records a connect or disconnect of an identity. It
 // changes neither etag.
 func (r *Registry) SetConnectionState(ctx context.Context, deviceID, moduleID string, connected bool) error {

@@ -39,6 +39,10 @@ type Store interface {
 	// documents. A missing record is ErrNotFound.
 	SetConnection(ctx context.Context, key Key, c Connection) error
 
+	// DisconnectAll marks every identity disconnected at t. A starting hub
+	// calls it: after a crash no connection of the previous run survives.
+	DisconnectAll(ctx context.Context, t time.Time) error
+
 	// Scan calls fn for each record that f selects, in key order. fn must not
 	// call the Store; an error from fn stops the scan and is returned.
 	Scan(ctx context.Context, f ScanFilter, fn func(rec *Record) error) error

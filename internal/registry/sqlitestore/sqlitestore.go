@@ -299,6 +299,18 @@ func (s *Store) SetConnection(ctx context.Context, key registry.Key, c registry.
 	})
 }
 
+// DisconnectAll implements registry.Store.
+func (s *Store) DisconnectAll(ctx context.Context, t time.Time) error {
+	return s.inTx(ctx, "disconnect all", func(tx *sql.Tx) error {
+		for _, table := range []string{"devices", "modules"} {
+			if _, err := tx.ExecContext(ctx, `UPDATE `+table+` SET connected = 0, conn_updated = ? WHERE connected != 0`, t.UnixNano()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // Scan implements registry.Store. It reads in one statement, so it sees one
 // snapshot of the table.
 func (s *Store) Scan(ctx context.Context, f registry.ScanFilter, fn func(rec *registry.Record) error) error {

@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 		{"DeleteMissing", testDeleteMissing},
 		{"RecreateAfterDelete", testRecreateAfterDelete},
 		{"SetConnection", testSetConnection},
+		{"DisconnectAll", testDisconnectAll},
 		{"Scan", testScan},
 		{"CountDevices", testCountDevices},
 		{"ConcurrentUpdates", testConcurrentUpdates},
@@ -277,6 +278,30 @@ func testSetConnection(t *testing.T, s registry.Store) {
 		if err := s.SetConnection(ctx, k, registry.Connection{}); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("SetConnection(%v): %v, want ErrNotFound", k, err)
 		}
+	}
+}
+
+func testDisconnectAll(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	mustCreate(t, s, dev("d1", "enabled"), dev("d2", "enabled"), mod("d1", "m"))
+	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, k := range []registry.Key{{DeviceID: "d1"}, {DeviceID: "d1", ModuleID: "m"}} {
+		if err := s.SetConnection(ctx, k, registry.Connection{Connected: true, UpdatedAt: at, LastActivity: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := at.Add(time.Hour)
+	if err := s.DisconnectAll(ctx, later); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []registry.Key{{DeviceID: "d1"}, {DeviceID: "d1", ModuleID: "m"}} {
+		got, _ := s.Get(ctx, k)
+		if got.Conn.Connected || !got.Conn.UpdatedAt.Equal(later) || !got.Conn.LastActivity.Equal(at) {
+			t.Errorf("after DisconnectAll %v: %+v", k, got.Conn)
+		}
+	}
+	if got, _ := s.Get(ctx, registry.Key{DeviceID: "d2"}); !got.Conn.UpdatedAt.IsZero() {
+		t.Errorf("a never-connected device was touched: %+v", got.Conn)
 	}
 }
 
