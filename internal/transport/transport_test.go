@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,10 +42,10 @@ func TestRefusedBeforeTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	admitted := make(chan string, 4)
-	var allow bool
+	var allow atomic.Bool
 	admit := func(listener string, local, remote net.Addr) bool {
 		admitted <- listener
-		return allow
+		return allow.Load()
 	}
 	served := make(chan struct{}, 4)
 	s := &StreamServer{Name: "mqtts", TLS: &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}, Log: slog.New(slog.DiscardHandler),
@@ -74,7 +75,7 @@ func TestRefusedBeforeTLS(t *testing.T) {
 	}
 
 	// Admitted: the TLS handshake completes and the handler runs.
-	allow = true
+	allow.Store(true)
 	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)
