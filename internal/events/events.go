@@ -7,6 +7,7 @@ package events
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/moat-iot/moat/internal/message"
 )
@@ -15,7 +16,8 @@ import (
 type Event struct {
 	Message message.Message
 	// Dropped counts messages this reader missed just before this one because
-	// it read too slowly.
+	// it read too slowly. An Event with only Dropped set (no message) reports
+	// losses at the end of a burst.
 	Dropped int
 }
 
@@ -71,10 +73,29 @@ func (s *Stream) Subscribe(ctx context.Context, buffer int) <-chan Event {
 			delete(s.readers, r)
 			s.mu.Unlock()
 		}()
+		// Losses are normally reported with the next message; when a burst
+		// ends in losses there is no next message, so report them on a tick.
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-tick.C:
+				if len(r.ch) > 0 {
+					continue // the next message carries the count
+				}
+				s.mu.Lock()
+				n := r.dropped
+				r.dropped = 0
+				s.mu.Unlock()
+				if n > 0 {
+					select {
+					case out <- Event{Dropped: n}:
+					case <-ctx.Done():
+						return
+					}
+				}
 			case e := <-r.ch:
 				select {
 				case out <- e:

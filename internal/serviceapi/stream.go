@@ -100,7 +100,7 @@ func (s *Server) monitorEvents(w http.ResponseWriter, r *http.Request) error {
 			}
 			wrote = true
 		}
-		if filter == "" || ev.Message.System[message.SysConnectionDevice] == filter {
+		if ev.Message.System != nil && (filter == "" || ev.Message.System[message.SysConnectionDevice] == filter) {
 			if enc.Encode(recordOf(ev.Message)) != nil {
 				return nil
 			}
