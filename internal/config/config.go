@@ -10,11 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/moat-iot/moat/internal/endpoint"
+	"github.com/moat-iot/moat/internal/routing"
 	"github.com/moat-iot/moat/internal/sas"
 )
 
@@ -36,6 +39,32 @@ type Properties struct {
 	AuthorizationPolicies []sas.Policy `json:"authorizationPolicies,omitempty"`
 	// MinTLSVersion is "1.2" (default) or "1.3".
 	MinTLSVersion string `json:"minTlsVersion,omitempty"`
+	// Routing is IoT Hub's routing: endpoints, routes, fallback, enrichments.
+	Routing Routing `json:"routing"`
+}
+
+// Routing mirrors IoT Hub's properties.routing.
+type Routing struct {
+	Endpoints     RoutingEndpoints     `json:"endpoints"`
+	Routes        []routing.Route      `json:"routes,omitempty"`
+	FallbackRoute *routing.Route       `json:"fallbackRoute,omitempty"`
+	Enrichments   []routing.Enrichment `json:"enrichments,omitempty"`
+}
+
+// RoutingEndpoints lists custom endpoints by kind. (IoT Hub has storage
+// containers, Event Hubs, Service Bus; Moat adds webhooks, with the others to
+// follow.)
+type RoutingEndpoints struct {
+	WebHooks []endpoint.WebhookConfig `json:"webHooks,omitempty"`
+}
+
+// EndpointNames lists every custom endpoint's name.
+func (r Routing) EndpointNames() []string {
+	var out []string
+	for _, w := range r.Endpoints.WebHooks {
+		out = append(out, w.Name)
+	}
+	return out
 }
 
 // Moat holds settings IoT Hub does not have.
@@ -139,6 +168,25 @@ func (c *Config) Validate() error {
 				bad(fmt.Sprintf("%s.rights[%d]", path, j), "unknown right %q", r)
 			}
 		}
+	}
+	names := map[string]bool{}
+	for i, w := range p.Routing.Endpoints.WebHooks {
+		path := fmt.Sprintf("properties.routing.endpoints.webHooks[%d]", i)
+		switch {
+		case w.Name == "" || len(w.Name) > 64:
+			bad(path+".name", "must be 1 to 64 characters")
+		case strings.EqualFold(w.Name, routing.BuiltInEvents) || strings.EqualFold(w.Name, "fileNotifications") || strings.EqualFold(w.Name, "$default"):
+			bad(path+".name", "%q is reserved", w.Name)
+		case names[strings.ToLower(w.Name)]:
+			bad(path+".name", "duplicate endpoint %q", w.Name)
+		}
+		names[strings.ToLower(w.Name)] = true
+		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad(path+".url", "must be an http(s) URL")
+		}
+	}
+	if _, err := routing.Compile(routing.Config{Routes: p.Routing.Routes, FallbackRoute: p.Routing.FallbackRoute, Enrichments: p.Routing.Enrichments}, "hub", p.Routing.EndpointNames()); err != nil {
+		bad("properties.routing", "%v", err)
 	}
 	l := c.Moat.Listeners
 	for name, a := range map[string]*string{"mqtt": l.MQTT, "https": l.HTTPS, "mqttPlain": l.MQTTPlain, "metrics": l.Metrics} {

@@ -25,6 +25,7 @@ import (
 	"github.com/moat-iot/moat/internal/c2d"
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/configurations"
+	"github.com/moat-iot/moat/internal/endpoint"
 	"github.com/moat-iot/moat/internal/events"
 	"github.com/moat-iot/moat/internal/jobs"
 	"github.com/moat-iot/moat/internal/message"
@@ -56,12 +57,15 @@ type Hub struct {
 	c2d      *c2d.Queue
 	events   *events.Stream
 	msglog   *msglog.PebbleLog
-	methods  *methods.Invoker
-	broker   *mqttdevice.Broker
-	api      *serviceapi.Server
-	jobs     *jobs.Service
-	configs  *configurations.Service
-	metrics  *prometheus.Registry
+
+	workers     []*endpoint.Worker
+	deadLetters []*msglog.PebbleLog
+	methods     *methods.Invoker
+	broker      *mqttdevice.Broker
+	api         *serviceapi.Server
+	jobs        *jobs.Service
+	configs     *configurations.Service
+	metrics     *prometheus.Registry
 
 	telemetry prometheus.Counter
 
@@ -151,6 +155,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	if err := h.registry.ResetConnections(ctx); err != nil {
 		h.close()
 		return nil, err
+	}
+	if err := h.buildRouting(); err != nil {
+		h.close()
+		return nil, fmt.Errorf("routing: %w", err)
 	}
 
 	h.metrics = prometheus.NewRegistry()
@@ -258,7 +266,6 @@ func (h *Hub) acceptAsync(m message.Message, done func(error)) {
 			return
 		}
 		h.telemetry.Inc()
-		h.events.Publish(m)
 		done(nil)
 	})
 }
@@ -272,7 +279,6 @@ func (h *Hub) accept(ctx context.Context, m message.Message) error {
 		return fmt.Errorf("accept message: %w", err)
 	}
 	h.telemetry.Inc()
-	h.events.Publish(m)
 	return nil
 }
 
@@ -339,6 +345,19 @@ func (h *Hub) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	ready := []any{}
+	// Endpoint workers read the log until shutdown; they stop before the log
+	// closes (close runs after Run's wait).
+	var workers sync.WaitGroup
+	defer func() { cancel(); workers.Wait() }()
+	for _, w := range h.workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			if err := w.Run(runCtx); err != nil {
+				h.log.Error("endpoint worker stopped", "endpoint", w.Health().EndpointID, "error", err)
+			}
+		}()
+	}
 
 	if a := config.Addr(l.MQTT, config.DefaultMQTT); a != "" {
 		ln, err := listen("mqtts", a)
@@ -434,6 +453,9 @@ func (h *Hub) close() {
 	}
 	if h.configs != nil {
 		h.configs.Close()
+	}
+	for _, d := range h.deadLetters {
+		d.Close()
 	}
 	if h.msglog != nil {
 		st := h.msglog.Stats()

@@ -1,0 +1,125 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/moat-iot/moat/internal/config"
+	"github.com/moat-iot/moat/internal/endpoint"
+	"github.com/moat-iot/moat/internal/events"
+	"github.com/moat-iot/moat/internal/message"
+	"github.com/moat-iot/moat/internal/msglog"
+	"github.com/moat-iot/moat/internal/routing"
+)
+
+// eventsSink is the built-in events endpoint: what is routed to it is fanned
+// out live to monitor-events readers.
+type eventsSink struct{ s *events.Stream }
+
+func (e eventsSink) Send(_ context.Context, batch []message.Message) error {
+	for _, m := range batch {
+		e.s.Publish(m)
+	}
+	return nil
+}
+
+func (eventsSink) Close() error { return nil }
+
+// buildRouting compiles the routes and builds one worker per endpoint,
+// including the built-in events endpoint.
+func (h *Hub) buildRouting() error {
+	rc := h.cfg.Properties.Routing
+	router, err := routing.Compile(routing.Config{Routes: rc.Routes, FallbackRoute: rc.FallbackRoute, Enrichments: rc.Enrichments}, h.hubName(), rc.EndpointNames())
+	if err != nil {
+		return err
+	}
+	needsTwin := routerNeedsTwin(rc)
+	selectFor := func(name string) endpoint.Select {
+		return func(m message.Message) (bool, map[string]string) {
+			in := routing.Input{Source: routing.SourceDeviceMessages, Message: m}
+			if needsTwin {
+				in.Twin = h.senderTwin(m)
+			}
+			for _, e := range router.Endpoints(in) {
+				if e == name {
+					return true, router.Enrich(in, name)
+				}
+			}
+			return false, nil
+		}
+	}
+	add := func(name string, sink endpoint.Sink) error {
+		var dead msglog.Log
+		if name != routing.BuiltInEvents {
+			d, err := msglog.OpenPebble(filepath.Join(h.dataDir, "deadletters", name), msglog.PebbleOptions{Logger: h.log.With("component", "deadletters", "endpoint", name)})
+			if err != nil {
+				return fmt.Errorf("dead letters of %s: %w", name, err)
+			}
+			h.deadLetters = append(h.deadLetters, d)
+			dead = d
+		}
+		h.workers = append(h.workers, endpoint.NewWorker(endpoint.Config{
+			Name: name, Log: h.msglog, Sink: sink, Select: selectFor(name), DeadLetters: dead,
+			Logger: h.log.With("component", "endpoint", "endpoint", name),
+		}))
+		return nil
+	}
+	if err := add(routing.BuiltInEvents, eventsSink{h.events}); err != nil {
+		return err
+	}
+	for _, w := range rc.Endpoints.WebHooks {
+		if err := add(w.Name, endpoint.NewWebhook(w, nil)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hubName is $iothubname: the configured name, or the host name's first label.
+func (h *Hub) hubName() string {
+	if h.cfg.Name != "" {
+		return h.cfg.Name
+	}
+	name, _, _ := strings.Cut(h.hostName, ".")
+	return name
+}
+
+// routerNeedsTwin says whether any condition or enrichment reads $twin, so that
+// twins are looked up only when routing uses them.
+func routerNeedsTwin(rc config.Routing) bool {
+	b, _ := json.Marshal(rc)
+	return strings.Contains(string(b), "$twin")
+}
+
+// senderTwin returns the twin of a message's sender as a JSON document, or nil.
+func (h *Hub) senderTwin(m message.Message) map[string]any {
+	d := m.System[message.SysConnectionDevice]
+	if d == "" {
+		return nil
+	}
+	tw, err := h.registry.GetTwin(context.Background(), d, m.System[message.SysConnectionModule])
+	if err != nil {
+		return nil
+	}
+	b, err := json.Marshal(tw)
+	if err != nil {
+		return nil
+	}
+	var doc map[string]any
+	if json.Unmarshal(b, &doc) != nil {
+		return nil
+	}
+	return doc
+}
+
+// EndpointHealth returns every endpoint's health record.
+func (h *Hub) EndpointHealth() []endpoint.Health {
+	out := make([]endpoint.Health, 0, len(h.workers))
+	for _, w := range h.workers {
+		out = append(out, w.Health())
+	}
+	return out
+}

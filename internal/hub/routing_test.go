@@ -1,0 +1,164 @@
+package hub_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moat-iot/moat/internal/config"
+	"github.com/moat-iot/moat/internal/endpoint"
+	"github.com/moat-iot/moat/internal/hub"
+	"github.com/moat-iot/moat/internal/registry"
+	"github.com/moat-iot/moat/internal/routing"
+	"github.com/moat-iot/moat/internal/serviceapi"
+)
+
+// TestRoutingToWebhook: a route with a $body condition sends hot readings to a
+// webhook with enrichments from the twin; everything else takes the fallback
+// route to the built-in events endpoint, and nothing goes to both.
+func TestRoutingToWebhook(t *testing.T) {
+	var mu sync.Mutex
+	var hooked []endpoint.WebhookRecord
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var batch []endpoint.WebhookRecord
+		b, _ := io.ReadAll(r.Body)
+		if err := json.Unmarshal(b, &batch); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		hooked = append(hooked, batch...)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+
+	dir := t.TempDir()
+	loop, off := hostName+":0", ""
+	cfg := &config.Config{
+		Name: "plant1",
+		Properties: config.Properties{HostName: hostName, Routing: config.Routing{
+			Endpoints:     config.RoutingEndpoints{WebHooks: []endpoint.WebhookConfig{{Name: "alerts", URL: srv.URL}}},
+			Routes:        []routing.Route{{Name: "hot", Source: routing.SourceDeviceMessages, Condition: "$body.temperature > 30", EndpointNames: []string{"alerts"}, IsEnabled: true}},
+			FallbackRoute: &routing.Route{Name: "rest", Source: routing.SourceDeviceMessages, EndpointNames: []string{routing.BuiltInEvents}, IsEnabled: true},
+			Enrichments: []routing.Enrichment{
+				{Key: "hub", Value: "$iothubname", EndpointNames: []string{"alerts"}},
+				{Key: "site", Value: "$twin.tags.site", EndpointNames: []string{"alerts"}},
+			},
+		}},
+		Moat: config.Moat{DataDir: dir, Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h, err := hub.New(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-h.Ready()
+	th2 := &testHub{mqttAddr: h.Addrs()["mqtts"], httpsAddr: h.Addrs()["https"], roots: poolOf(t, h)}
+	pols, _ := hub.LoadPolicies(dir)
+	svc, err := serviceapi.NewClient("HostName="+hostName+";SharedAccessKeyName=iothubowner;SharedAccessKey="+pols[0].PrimaryKey, serviceapi.ClientOptions{Address: th2.httpsAddr, RootCAs: th2.roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := svc.CreateDevice(ctxT(t, 5*time.Second), registry.Device{DeviceID: "sensor1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.PatchTwin(ctxT(t, 5*time.Second), "sensor1", "", json.RawMessage(`{"tags":{"site":"berlin"}}`), "*"); err != nil {
+		t.Fatal(err)
+	}
+	var monMu sync.Mutex
+	var monitored []string
+	mctx, mcancel := context.WithCancel(context.Background())
+	defer mcancel()
+	opened := make(chan struct{})
+	go func() {
+		_ = svc.MonitorEventsReady(mctx, "", func() { close(opened) }, func(r serviceapi.EventRecord) error {
+			monMu.Lock()
+			monitored = append(monitored, string(r.BodyBytes()))
+			monMu.Unlock()
+			return nil
+		})
+	}()
+	<-opened
+
+	c := dialTo(t, th2)
+	c.mustConnect(4, d.DeviceID, deviceToken(t, d, time.Hour), true)
+	bag := "%24.ct=application%2Fjson&%24.ce=utf-8"
+	for i, temp := range []int{20, 35, 25, 41} {
+		c.write(publishPacket(4, "devices/sensor1/messages/events/"+bag, 1, uint16(i+1), []byte(`{"temperature":`+itoa(temp)+`}`)))
+		c.expect(4, 5*time.Second) // PUBACK: durable
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(hooked)
+		mu.Unlock()
+		monMu.Lock()
+		m := len(monitored)
+		monMu.Unlock()
+		if n >= 2 && m >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook got %d, events got %d", n, m)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // nothing more may arrive
+	mu.Lock()
+	defer mu.Unlock()
+	monMu.Lock()
+	defer monMu.Unlock()
+	if len(hooked) != 2 || string(hooked[0].Body) != `{"temperature":35}` || string(hooked[1].Body) != `{"temperature":41}` {
+		t.Fatalf("webhook got %+v", hooked)
+	}
+	if hooked[0].Properties["hub"] != "plant1" || hooked[0].Properties["site"] != "berlin" {
+		t.Fatalf("enrichments: %v", hooked[0].Properties)
+	}
+	if strings.Join(monitored, ",") != `{"temperature":20},{"temperature":25}` {
+		t.Fatalf("events got %v", monitored)
+	}
+	for _, eh := range h.EndpointHealth() {
+		if eh.HealthStatus != endpoint.Healthy {
+			t.Fatalf("endpoint health %+v", eh)
+		}
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func poolOf(t *testing.T, h *hub.Hub) *x509.CertPool {
+	t.Helper()
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(h.Authority().CACertPEM()) {
+		t.Fatal("no CA certificate")
+	}
+	return p
+}
+
+func dialTo(t *testing.T, h *testHub) *rawClient {
+	t.Helper()
+	c, err := tls.Dial("tcp", h.mqttAddr, h.tlsConfig())
+	if err != nil {
+		t.Fatalf("TLS dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawClient{t: t, conn: c, r: bufio.NewReader(c)}
+}
