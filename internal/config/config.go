@@ -16,6 +16,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/moat-iot/moat/internal/dnszone"
 	"github.com/moat-iot/moat/internal/endpoint"
 	"github.com/moat-iot/moat/internal/routing"
 	"github.com/moat-iot/moat/internal/sas"
@@ -75,6 +76,8 @@ type Moat struct {
 	// certificate.
 	CertificateNames []string `json:"certificateNames,omitempty"`
 	LogLevel         string   `json:"logLevel,omitempty"`
+	// DNS is the built-in private DNS server (off unless dns.listen is set).
+	DNS dnszone.Config `json:"dns"`
 }
 
 // Listeners are listen addresses; "" disables one.
@@ -196,6 +199,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(*a); err != nil {
 			bad("moat.listeners."+name, "%q is not host:port", *a)
 		}
+	}
+	for _, p := range c.Moat.DNS.Problems() {
+		bad("moat.dns."+p.Field, "%s", p.Msg)
 	}
 	switch strings.ToLower(c.Moat.LogLevel) {
 	case "", "debug", "info", "warn", "error":

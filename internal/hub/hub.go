@@ -25,7 +25,9 @@ import (
 	"github.com/moat-iot/moat/internal/c2d"
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/configurations"
+	"github.com/moat-iot/moat/internal/dnszone"
 	"github.com/moat-iot/moat/internal/endpoint"
+	"github.com/moat-iot/moat/internal/errcode"
 	"github.com/moat-iot/moat/internal/events"
 	"github.com/moat-iot/moat/internal/jobs"
 	"github.com/moat-iot/moat/internal/message"
@@ -57,6 +59,9 @@ type Hub struct {
 	c2d      *c2d.Queue
 	events   *events.Stream
 	msglog   *msglog.PebbleLog
+
+	dnsStore *dnszone.Store
+	dns      *dnszone.Server
 
 	workers     []*endpoint.Worker
 	deadLetters []*msglog.PebbleLog
@@ -163,6 +168,17 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 
 	h.metrics = prometheus.NewRegistry()
 	h.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if h.dnsStore, err = dnszone.OpenStore(h.dataDir); err != nil {
+		h.close()
+		return nil, fmt.Errorf("dns zones: %w", err)
+	}
+	if h.dns, err = dnszone.NewServer(cfg.Moat.DNS.Options(h.hostName, h.dnsStore, log.With("component", "dns"))); err != nil {
+		h.close()
+		return nil, fmt.Errorf("dns: %w", err)
+	}
+	for _, c := range h.dns.Collectors() {
+		h.metrics.MustRegister(c)
+	}
 	h.telemetry = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_telemetry_messages_total", Help: "Device-to-cloud messages accepted."})
 	h.metrics.MustRegister(h.telemetry)
 	h.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_log_last_offset", Help: "Offset of the last message in the durable message log."}, func() float64 { return float64(h.msglog.Last()) }))
@@ -345,6 +361,13 @@ func (h *Hub) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	ready := []any{}
+	if err := h.dns.Start(runCtx); err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	defer h.dns.Close()
+	if a := h.dns.Addr(); a != nil {
+		ready = append(ready, "dns", a.String())
+	}
 	// Endpoint workers read the log until shutdown; they stop before the log
 	// closes (close runs after Run's wait).
 	var workers sync.WaitGroup
@@ -387,6 +410,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle(transport.WebSocketPath, transport.WebSocketHandler("wss", h.broker.ServeConn, h.log))
+		mux.Handle(dnszone.APIPrefix, h.dnsStore.Handler(h.authorizeManagement))
 		mux.Handle("/", h.api)
 		srv := &http.Server{Handler: mux, TLSConfig: tlsConf, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug)}
 		srv.RegisterOnShutdown(h.api.Close) // live event streams would hold Shutdown open
@@ -473,4 +497,21 @@ func (h *Hub) close() {
 	if h.store != nil {
 		h.store.Close()
 	}
+}
+
+// authorizeManagement admits management calls (DNS zones) signed by a policy
+// with RegistryWrite, or with RegistryRead for reads.
+func (h *Hub) authorizeManagement(r *http.Request) error {
+	tok, err := sas.Parse(r.Header.Get("Authorization"))
+	if err != nil {
+		return errcode.Wrap(errcode.IotHubUnauthorizedAccess, err, "Unauthorized")
+	}
+	p, err := sas.VerifyService(tok, h.hostName, h.Policies(), time.Now())
+	if err != nil {
+		return errcode.Wrap(errcode.IotHubUnauthorizedAccess, err, "Unauthorized")
+	}
+	if p.Has(sas.RegistryWrite) || (r.Method == http.MethodGet && p.Has(sas.RegistryRead)) {
+		return nil
+	}
+	return errcode.New(errcode.IotHubUnauthorizedAccess, "Unauthorized")
 }
