@@ -47,13 +47,13 @@ func ownerConnectionString(dataDir, policy string) (string, error) {
 	return "", fmt.Errorf("no shared access policy %q in %s", policy, dataDir)
 }
 
-func (t *target) client() (*serviceapi.Client, error) {
-	cs := t.login
-	address := t.address
+// credentials resolves the connection string, the REST address override and
+// the CA pool a client command uses.
+func (t *target) credentials() (cs, address string, pool *x509.CertPool, err error) {
+	cs, address = t.login, t.address
 	if cs == "" {
-		var err error
 		if cs, err = ownerConnectionString(t.dataDir, "iothubowner"); err != nil {
-			return nil, err
+			return "", "", nil, err
 		}
 		if address == "" {
 			if ep, err := hub.ReadEndpoint(t.dataDir); err == nil {
@@ -65,16 +65,23 @@ func (t *target) client() (*serviceapi.Client, error) {
 	if caFile == "" && t.login == "" {
 		caFile = filepath.Join(t.dataDir, "pki", "ca.pem")
 	}
-	var pool *x509.CertPool
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("read CA: %w", err)
+			return "", "", nil, fmt.Errorf("read CA: %w", err)
 		}
 		pool = x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, errors.New("no certificate in the CA file " + caFile)
+			return "", "", nil, errors.New("no certificate in the CA file " + caFile)
 		}
+	}
+	return cs, address, pool, nil
+}
+
+func (t *target) client() (*serviceapi.Client, error) {
+	cs, address, pool, err := t.credentials()
+	if err != nil {
+		return nil, err
 	}
 	return serviceapi.NewClient(cs, serviceapi.ClientOptions{Address: address, RootCAs: pool})
 }

@@ -3,14 +3,11 @@ package cli
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -19,7 +16,6 @@ import (
 
 	"github.com/moat-iot/moat/internal/dnszone"
 	"github.com/moat-iot/moat/internal/errcode"
-	"github.com/moat-iot/moat/internal/hub"
 	"github.com/moat-iot/moat/internal/sas"
 	"github.com/moat-iot/moat/internal/serviceapi"
 )
@@ -259,37 +255,13 @@ func parseLinks(ss []string) ([]netip.Prefix, error) {
 // dnsClient reaches the zone API the way t.client reaches the service API:
 // same credentials, CA and address, signing a service SAS per request.
 func (t *target) dnsClient() (*dnszone.Client, error) {
-	cs := t.login
-	address := t.address
-	if cs == "" {
-		var err error
-		if cs, err = ownerConnectionString(t.dataDir, "iothubowner"); err != nil {
-			return nil, err
-		}
-		if address == "" {
-			if ep, err := hub.ReadEndpoint(t.dataDir); err == nil {
-				address = ep.HTTPSAddress
-			}
-		}
+	cs, address, pool, err := t.credentials()
+	if err != nil {
+		return nil, err
 	}
 	conn, err := serviceapi.ParseConnectionString(cs)
 	if err != nil {
 		return nil, err
-	}
-	caFile := t.ca
-	if caFile == "" && t.login == "" {
-		caFile = filepath.Join(t.dataDir, "pki", "ca.pem")
-	}
-	var pool *x509.CertPool
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("read CA: %w", err)
-		}
-		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, errors.New("no certificate in the CA file " + caFile)
-		}
 	}
 	serverName := conn.HostName
 	if h, _, err := net.SplitHostPort(conn.HostName); err == nil {
