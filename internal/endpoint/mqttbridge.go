@@ -85,12 +85,9 @@ func (b *MQTTBridge) Topic(m message.Message) string {
 	return strings.NewReplacer(
 		"{deviceId}", m.System[message.SysConnectionDevice],
 		"{moduleId}", m.System[message.SysConnectionModule],
-		"{topic}", m.System[SysMQTTTopic],
+		"{topic}", m.System[message.SysMQTTTopic],
 	).Replace(b.cfg.TopicTemplate)
 }
-
-// SysMQTTTopic is the system property holding a plain-topic message's topic.
-const SysMQTTTopic = "mqtt-topic"
 
 // Send implements Sink.
 func (b *MQTTBridge) Send(ctx context.Context, batch []message.Message) error {

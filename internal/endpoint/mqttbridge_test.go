@@ -88,8 +88,8 @@ func TestMQTTBridgeWithMosquitto(t *testing.T) {
 	}
 	defer b.Close()
 	batch := []message.Message{
-		{Body: []byte("1"), System: map[string]string{message.SysConnectionDevice: "d1", SysMQTTTopic: "line1/temp"}},
-		{Body: []byte("2"), System: map[string]string{message.SysConnectionDevice: "d2", SysMQTTTopic: "line2/temp"}},
+		{Body: []byte("1"), System: map[string]string{message.SysConnectionDevice: "d1", message.SysMQTTTopic: "line1/temp"}},
+		{Body: []byte("2"), System: map[string]string{message.SysConnectionDevice: "d2", message.SysMQTTTopic: "line2/temp"}},
 	}
 	if err := b.Send(context.Background(), batch); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,12 @@ const (
 	SysEnqueuedTime      = "iothub-enqueuedtime"
 	SysMessageSource     = "iothub-message-source"
 	SysAck               = "iothub-ack"
+	// SysMQTTTopic is the topic of a message published on a plain MQTT topic
+	// (outside IoT Hub's namespace); such messages have SysMessageSource
+	// SourceMQTTTopics.
+	SysMQTTTopic = "mqtt-topic"
+	// SourceMQTTTopics marks messages from plain MQTT topics.
+	SourceMQTTTopics = "mqttTopics"
 )
 
 // Message is one message with its properties. Properties keep the exact keys

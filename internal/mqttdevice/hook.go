@@ -248,8 +248,33 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			b.log.Debug("method response matched no pending call", "clientId", cl.ID, "rid", pt.RID)
 		}
 		return pk, packets.CodeSuccessIgnore
+	case topicOther:
+		// A plain topic is delivered to its MQTT subscribers as in any broker,
+		// and also logged for routing (MqttTopics routes) before the PUBACK.
+		if b.cfg.Accept != nil {
+			m := plainTopicMessage(s, pk.TopicName, pk.Payload, b.cfg.Now())
+			if err := b.cfg.Accept(b.ctx, m); err != nil {
+				b.log.Error("plain-topic message not accepted; closing connection so the client resends", "clientId", cl.ID, "error", err)
+				cl.Stop(err)
+				return pk, packets.ErrRejectPacket
+			}
+		}
 	}
 	return pk, nil
+}
+
+func plainTopicMessage(s *connState, topic string, payload []byte, now time.Time) message.Message {
+	now = now.UTC()
+	sys := map[string]string{
+		message.SysConnectionDevice: s.id.DeviceID,
+		message.SysMessageSource:    message.SourceMQTTTopics,
+		message.SysMQTTTopic:        topic,
+		message.SysEnqueuedTime:     now.Format(time.RFC3339Nano),
+	}
+	if s.id.ModuleID != "" {
+		sys[message.SysConnectionModule] = s.id.ModuleID
+	}
+	return message.Message{Body: bytes.Clone(payload), System: sys, Enqueued: now}
 }
 
 // drop closes a connection that sent something IoT Hub would refuse; MQTT 3.1.1

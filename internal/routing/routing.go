@@ -21,6 +21,9 @@ const (
 	SourceTwinChangeEvents      = "TwinChangeEvents"
 	SourceDeviceLifecycleEvents = "DeviceLifecycleEvents"
 	SourceConnectionStateEvents = "DeviceConnectionStateEvents"
+	// SourceMQTTTopics is Moat's source for plain MQTT topics (the IoT
+	// Operations dataflow case); its routes select topics with TopicFilter.
+	SourceMQTTTopics = "MqttTopics"
 )
 
 // BuiltInEvents is the built-in endpoint that the fallback route targets.
@@ -40,6 +43,9 @@ type Route struct {
 	Condition     string   `json:"condition,omitempty"`
 	EndpointNames []string `json:"endpointNames"`
 	IsEnabled     bool     `json:"isEnabled"`
+	// TopicFilter is an MQTT topic filter ('+' and '#' wildcards) for
+	// MqttTopics routes; empty matches every plain topic.
+	TopicFilter string `json:"topicFilter,omitempty"`
 }
 
 // Enrichment stamps an application property on messages to some endpoints.
@@ -93,9 +99,12 @@ func Compile(c Config, hubName string, endpoints []string) (*Router, error) {
 			return compiled{}, fmt.Errorf("%s.name: %q must be 1 to %d letters, digits, '-', '_' or '.'", path, rt.Name, maxNameLen)
 		}
 		switch rt.Source {
-		case SourceDeviceMessages, SourceTwinChangeEvents, SourceDeviceLifecycleEvents, SourceConnectionStateEvents:
+		case SourceDeviceMessages, SourceTwinChangeEvents, SourceDeviceLifecycleEvents, SourceConnectionStateEvents, SourceMQTTTopics:
 		default:
 			return compiled{}, fmt.Errorf("%s.source: unknown source %q", path, rt.Source)
+		}
+		if rt.TopicFilter != "" && (rt.Source != SourceMQTTTopics || !validFilter(rt.TopicFilter)) {
+			return compiled{}, fmt.Errorf("%s.topicFilter: %q is not an MQTT topic filter of a MqttTopics route", path, rt.TopicFilter)
 		}
 		if len(rt.EndpointNames) != 1 {
 			return compiled{}, fmt.Errorf("%s.endpointNames: a route names exactly one endpoint", path)
@@ -181,6 +190,9 @@ func (r *Router) Endpoints(in Input) []string {
 	for i := range r.routes {
 		rt := &r.routes[i]
 		if !rt.IsEnabled || rt.Source != in.Source {
+			continue
+		}
+		if rt.TopicFilter != "" && !matchFilter(rt.TopicFilter, in.Message.System[message.SysMQTTTopic]) {
 			continue
 		}
 		if rt.cond == nil || rt.cond.Match(env) {
@@ -331,3 +343,36 @@ func (e *env) Body() (any, bool) {
 }
 
 func (e *env) Twin() (map[string]any, bool) { return e.in.Twin, e.in.Twin != nil }
+
+// validFilter reports whether f is a well-formed MQTT topic filter.
+func validFilter(f string) bool {
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return false
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return false
+		}
+	}
+	return true
+}
+
+// matchFilter matches a topic against an MQTT topic filter.
+func matchFilter(filter, topic string) bool {
+	if topic == "" {
+		return false
+	}
+	fl, tl := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, f := range fl {
+		switch {
+		case f == "#":
+			return true
+		case i >= len(tl):
+			return false
+		case f != "+" && f != tl[i]:
+			return false
+		}
+	}
+	return len(fl) == len(tl)
+}

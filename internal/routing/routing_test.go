@@ -141,3 +141,40 @@ func FuzzRoute(f *testing.F) {
 		}
 	})
 }
+
+func TestMQTTTopicRoutes(t *testing.T) {
+	r, err := Compile(Config{Routes: []Route{
+		{Name: "lines", Source: SourceMQTTTopics, TopicFilter: "factory/+/temp", EndpointNames: []string{"bridge"}, IsEnabled: true},
+		{Name: "all", Source: SourceMQTTTopics, TopicFilter: "factory/#", Condition: "$body.temperature > 30", EndpointNames: []string{"store"}, IsEnabled: true},
+	}}, "h", []string{"bridge", "store"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := func(topic, body string) Input {
+		return Input{Source: SourceMQTTTopics, Message: msg(body, map[string]string{message.SysMQTTTopic: topic, message.SysContentType: "application/json", message.SysContentEncoding: "utf-8"}, nil)}
+	}
+	tests := []struct {
+		in   Input
+		want []string
+	}{
+		{in("factory/line1/temp", `{"temperature":25.5}`), []string{"bridge"}},
+		{in("factory/line1/temp", `{"temperature":35}`), []string{"bridge", "store"}},
+		{in("factory/line1/pressure", `{"temperature":35}`), []string{"store"}},
+		{in("factory/line1/temp/x", `{}`), nil},
+		{in("office/temp", `{"temperature":99}`), nil},
+	}
+	for _, tt := range tests {
+		if got := r.Endpoints(tt.in); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s %s: got %v, want %v", tt.in.Message.System[message.SysMQTTTopic], tt.in.Message.Body, got, tt.want)
+		}
+	}
+	for _, f := range []string{"a/#/b", "a+/b", "#x"} {
+		_, err := Compile(Config{Routes: []Route{{Name: "x", Source: SourceMQTTTopics, TopicFilter: f, EndpointNames: []string{"s"}, IsEnabled: true}}}, "h", []string{"s"})
+		if err == nil {
+			t.Errorf("filter %q accepted", f)
+		}
+	}
+	if _, err := Compile(Config{Routes: []Route{{Name: "x", Source: SourceDeviceMessages, TopicFilter: "a", EndpointNames: []string{"s"}, IsEnabled: true}}}, "h", []string{"s"}); err == nil {
+		t.Error("topicFilter on a DeviceMessages route accepted")
+	}
+}
