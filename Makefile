@@ -32,7 +32,7 @@ $(STATICCHECK):
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(TOOLS)/staticcheck $@
 
-gotest:
+gotest: e2e-deps
 	$(GO) test $(GOTESTFLAGS) ./...
 
 # npm ci only when node_modules is missing or older than the lock file

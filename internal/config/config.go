@@ -12,12 +12,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/moat-iot/moat/internal/dnszone"
 	"github.com/moat-iot/moat/internal/endpoint"
+	"github.com/moat-iot/moat/internal/netpolicy"
 	"github.com/moat-iot/moat/internal/routing"
 	"github.com/moat-iot/moat/internal/sas"
 )
@@ -40,6 +42,14 @@ type Properties struct {
 	AuthorizationPolicies []sas.Policy `json:"authorizationPolicies,omitempty"`
 	// MinTLSVersion is "1.2" (default) or "1.3".
 	MinTLSVersion string `json:"minTlsVersion,omitempty"`
+	// PublicNetworkAccess, NetworkRuleSets, IPFilterRules and
+	// PrivateEndpointConnections are IoT Hub's network properties (see
+	// package netpolicy). They seed the data directory's network.json on
+	// first start; after that the live policy there wins.
+	PublicNetworkAccess        string                                `json:"publicNetworkAccess,omitempty"`
+	NetworkRuleSets            *netpolicy.NetworkRuleSets            `json:"networkRuleSets,omitempty"`
+	IPFilterRules              []netpolicy.IPFilterRule              `json:"ipFilterRules,omitempty"`
+	PrivateEndpointConnections []netpolicy.PrivateEndpointConnection `json:"privateEndpointConnections,omitempty"`
 	// Routing is IoT Hub's routing: endpoints, routes, fallback, enrichments.
 	Routing Routing `json:"routing"`
 }
@@ -56,7 +66,9 @@ type Routing struct {
 // containers, Event Hubs, Service Bus; Moat adds webhooks, with the others to
 // follow.)
 type RoutingEndpoints struct {
-	WebHooks []endpoint.WebhookConfig `json:"webHooks,omitempty"`
+	WebHooks    []endpoint.WebhookConfig    `json:"webHooks,omitempty"`
+	MQTTBridges []endpoint.MQTTBridgeConfig `json:"mqttBridges,omitempty"`
+	NATS        []endpoint.NATSConfig       `json:"nats,omitempty"`
 }
 
 // EndpointNames lists every custom endpoint's name.
@@ -64,6 +76,12 @@ func (r Routing) EndpointNames() []string {
 	var out []string
 	for _, w := range r.Endpoints.WebHooks {
 		out = append(out, w.Name)
+	}
+	for _, b := range r.Endpoints.MQTTBridges {
+		out = append(out, b.Name)
+	}
+	for _, n := range r.Endpoints.NATS {
+		out = append(out, n.Name)
 	}
 	return out
 }
@@ -76,8 +94,29 @@ type Moat struct {
 	// certificate.
 	CertificateNames []string `json:"certificateNames,omitempty"`
 	LogLevel         string   `json:"logLevel,omitempty"`
+	// AllowLoopbackAdministration admits connections from the hub's own host
+	// (local and remote address both loopback) whatever the network policy
+	// says, so that `moat` commands and metrics scrapers on the host keep
+	// working under publicNetworkAccess Disabled. Default true.
+	AllowLoopbackAdministration *bool `json:"allowLoopbackAdministration,omitempty"`
 	// DNS is the built-in private DNS server (off unless dns.listen is set).
 	DNS dnszone.Config `json:"dns"`
+}
+
+// NetworkPolicy assembles the network properties for package netpolicy.
+func (p Properties) NetworkPolicy() netpolicy.Policy {
+	return netpolicy.Policy{
+		PublicNetworkAccess:        p.PublicNetworkAccess,
+		NetworkRuleSets:            p.NetworkRuleSets,
+		IPFilterRules:              p.IPFilterRules,
+		PrivateEndpointConnections: p.PrivateEndpointConnections,
+		MinTLSVersion:              p.MinTLSVersion,
+	}.Clone()
+}
+
+// LoopbackAdministration is AllowLoopbackAdministration with its default.
+func (m Moat) LoopbackAdministration() bool {
+	return m.AllowLoopbackAdministration == nil || *m.AllowLoopbackAdministration
 }
 
 // Listeners are listen addresses; "" disables one.
@@ -143,10 +182,15 @@ func (c *Config) Validate() error {
 	if p.HostName != "" && !validHostName(p.HostName) {
 		bad("properties.hostName", "%q is not a host name or IP address (no port, no scheme)", p.HostName)
 	}
-	switch p.MinTLSVersion {
-	case "", "1.2", "1.3":
-	default:
-		bad("properties.minTlsVersion", "must be \"1.2\" or \"1.3\", not %q", p.MinTLSVersion)
+	// minTlsVersion is checked with the rest of the network policy.
+	np := p.NetworkPolicy()
+	for _, err := range unjoin(np.Validate()) {
+		var fe *netpolicy.FieldError
+		if errors.As(err, &fe) {
+			bad("properties."+fe.Path, "%s", fe.Msg)
+		} else {
+			bad("properties", "%v", err)
+		}
 	}
 	seen := map[string]bool{}
 	for i, pol := range p.AuthorizationPolicies {
@@ -173,19 +217,45 @@ func (c *Config) Validate() error {
 		}
 	}
 	names := map[string]bool{}
+	endpointName := func(path, name string) {
+		switch {
+		case name == "" || len(name) > 64:
+			bad(path+".name", "must be 1 to 64 characters")
+		case strings.EqualFold(name, routing.BuiltInEvents) || strings.EqualFold(name, "fileNotifications") || strings.EqualFold(name, "$default"):
+			bad(path+".name", "%q is reserved", name)
+		case names[strings.ToLower(name)]:
+			bad(path+".name", "duplicate endpoint %q", name)
+		}
+		names[strings.ToLower(name)] = true
+	}
+	endpointURL := func(path, raw string, schemes ...string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" || !slices.Contains(schemes, u.Scheme) {
+			bad(path+".url", "must be a %s URL with a host", strings.Join(schemes, "/"))
+		}
+	}
 	for i, w := range p.Routing.Endpoints.WebHooks {
 		path := fmt.Sprintf("properties.routing.endpoints.webHooks[%d]", i)
-		switch {
-		case w.Name == "" || len(w.Name) > 64:
-			bad(path+".name", "must be 1 to 64 characters")
-		case strings.EqualFold(w.Name, routing.BuiltInEvents) || strings.EqualFold(w.Name, "fileNotifications") || strings.EqualFold(w.Name, "$default"):
-			bad(path+".name", "%q is reserved", w.Name)
-		case names[strings.ToLower(w.Name)]:
-			bad(path+".name", "duplicate endpoint %q", w.Name)
+		endpointName(path, w.Name)
+		endpointURL(path, w.URL, "https", "http")
+	}
+	for i, b := range p.Routing.Endpoints.MQTTBridges {
+		path := fmt.Sprintf("properties.routing.endpoints.mqttBridges[%d]", i)
+		endpointName(path, b.Name)
+		endpointURL(path, b.URL, "mqtts", "ssl", "tls", "mqtt", "tcp")
+		if b.TopicTemplate == "" {
+			bad(path+".topicTemplate", "is required")
 		}
-		names[strings.ToLower(w.Name)] = true
-		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			bad(path+".url", "must be an http(s) URL")
+		if b.QoS > 1 {
+			bad(path+".qos", "must be 0 or 1")
+		}
+	}
+	for i, n := range p.Routing.Endpoints.NATS {
+		path := fmt.Sprintf("properties.routing.endpoints.nats[%d]", i)
+		endpointName(path, n.Name)
+		endpointURL(path, n.URL, "nats", "tls")
+		if n.SubjectTemplate == "" {
+			bad(path+".subjectTemplate", "is required")
 		}
 	}
 	if _, err := routing.Compile(routing.Config{Routes: p.Routing.Routes, FallbackRoute: p.Routing.FallbackRoute, Enrichments: p.Routing.Enrichments}, "hub", p.Routing.EndpointNames()); err != nil {
@@ -209,6 +279,16 @@ func (c *Config) Validate() error {
 		bad("moat.logLevel", "must be debug, info, warn or error")
 	}
 	return errors.Join(errs...)
+}
+
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func validHostName(h string) bool {

@@ -24,6 +24,11 @@ func TestParse(t *testing.T) {
 		{"no key", "properties:\n  authorizationPolicies:\n  - {keyName: x, rights: [DeviceConnect]}\n", "primaryKey: is required"},
 		{"bad level", "moat:\n  logLevel: loud\n", "moat.logLevel"},
 		{"not yaml", "properties: [", "decode"},
+		{"network", "properties:\n  publicNetworkAccess: Disabled\n  networkRuleSets:\n    defaultAction: Deny\n    applyToBuiltInEventHubEndpoint: true\n    ipRules:\n    - {filterName: lab, action: Allow, ipMask: 10.250.1.0/24}\n    - {filterName: v6, action: Allow, ipMask: \"fd00::/8\"}\n  privateEndpointConnections:\n  - name: vnet\n    properties:\n      privateEndpoint: {ipAddresses: [10.250.2.1]}\n      privateLinkServiceConnectionState: {status: Approved, description: ok}\nmoat:\n  allowLoopbackAdministration: false\n", ""},
+		{"bad rule mask", "properties:\n  networkRuleSets:\n    defaultAction: Deny\n    ipRules:\n    - {filterName: lab, action: Allow, ipMask: 10.250.1.0/99}\n", "properties.networkRuleSets.ipRules[0].ipMask"},
+		{"both filter models", "properties:\n  networkRuleSets: {defaultAction: Deny}\n  ipFilterRules:\n  - {filterName: a, action: Accept, ipMask: 10.0.0.0/8}\n", "properties.ipFilterRules: cannot be combined"},
+		{"bad endpoint state", "properties:\n  privateEndpointConnections:\n  - name: vnet\n    properties:\n      privateEndpoint: {ipAddresses: [10.250.2.1]}\n      privateLinkServiceConnectionState: {status: Ok}\n", "properties.privateEndpointConnections[0].properties.privateLinkServiceConnectionState.status"},
+		{"unknown network field", "properties:\n  networkRuleSets: {defaultAction: Deny, rules: []}\n", "unknown field"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/moat-iot/moat/internal/audit"
 	"github.com/moat-iot/moat/internal/c2d"
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/configurations"
@@ -34,6 +35,8 @@ import (
 	"github.com/moat-iot/moat/internal/methods"
 	"github.com/moat-iot/moat/internal/mqttdevice"
 	"github.com/moat-iot/moat/internal/msglog"
+	"github.com/moat-iot/moat/internal/netapi"
+	"github.com/moat-iot/moat/internal/netpolicy"
 	"github.com/moat-iot/moat/internal/pki"
 	"github.com/moat-iot/moat/internal/registry"
 	"github.com/moat-iot/moat/internal/registry/sqlitestore"
@@ -62,6 +65,12 @@ type Hub struct {
 
 	dnsStore *dnszone.Store
 	dns      *dnszone.Server
+
+	// network is the live network policy; conns the admitted connections
+	// it re-decides on every change (network.go).
+	network *netpolicy.Engine
+	audit   *audit.Recorder
+	conns   *transport.Conns
 
 	workers     []*endpoint.Worker
 	deadLetters []*msglog.PebbleLog
@@ -168,6 +177,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 
 	h.metrics = prometheus.NewRegistry()
 	h.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := h.buildNetwork(); err != nil {
+		h.close()
+		return nil, fmt.Errorf("network policy: %w", err)
+	}
+	h.metrics.MustRegister(h.audit.Collectors()...)
 	if h.dnsStore, err = dnszone.OpenStore(h.dataDir); err != nil {
 		h.close()
 		return nil, fmt.Errorf("dns zones: %w", err)
@@ -334,8 +348,11 @@ func (h *Hub) Run(ctx context.Context) error {
 		return err
 	}
 	l := h.cfg.Moat.Listeners
-	tlsConf := h.tlsConfig()
-	admit := transport.Admit(nil) // network policy plugs in here
+	tlsConf := h.liveTLS(h.tlsConfig())
+	// Every listener is admitted by the network policy before TLS and
+	// tracked, so that a policy change closes what it no longer admits.
+	admit := transport.Admit(h.admit)
+	defer h.network.Subscribe(h.recheckConnections)()
 
 	var lns []net.Listener
 	listen := func(name, addr string) (net.Listener, error) {
@@ -347,7 +364,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			return nil, fmt.Errorf("listen %s on %s: %w", name, addr, err)
 		}
 		lns = append(lns, ln)
-		return transport.Listener(ln, name, admit), nil
+		return transport.TrackedListener(ln, name, admit, h.conns), nil
 	}
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -411,6 +428,9 @@ func (h *Hub) Run(ctx context.Context) error {
 		mux := http.NewServeMux()
 		mux.Handle(transport.WebSocketPath, transport.WebSocketHandler("wss", h.broker.ServeConn, h.log))
 		mux.Handle(dnszone.APIPrefix, h.dnsStore.Handler(h.authorizeManagement))
+		netAPI := h.networkAPI()
+		mux.Handle(netapi.Prefix, netAPI)
+		mux.Handle(netapi.Prefix+"/", netAPI)
 		mux.Handle("/", h.api)
 		srv := &http.Server{Handler: mux, TLSConfig: tlsConf, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug)}
 		srv.RegisterOnShutdown(h.api.Close) // live event streams would hold Shutdown open
@@ -496,6 +516,9 @@ func (h *Hub) close() {
 	}
 	if h.store != nil {
 		h.store.Close()
+	}
+	if h.audit != nil {
+		_ = h.audit.Close()
 	}
 }
 

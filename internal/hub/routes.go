@@ -40,6 +40,9 @@ func (h *Hub) buildRouting() error {
 	selectFor := func(name string) endpoint.Select {
 		return func(m message.Message) (bool, map[string]string) {
 			in := routing.Input{Source: routing.SourceDeviceMessages, Message: m}
+			if m.System[message.SysMessageSource] == message.SourceMQTTTopics {
+				in.Source = routing.SourceMQTTTopics
+			}
 			if needsTwin {
 				in.Twin = h.senderTwin(m)
 			}
@@ -72,6 +75,24 @@ func (h *Hub) buildRouting() error {
 	}
 	for _, w := range rc.Endpoints.WebHooks {
 		if err := add(w.Name, endpoint.NewWebhook(w, nil)); err != nil {
+			return err
+		}
+	}
+	for _, b := range rc.Endpoints.MQTTBridges {
+		sink, err := endpoint.NewMQTTBridge(b)
+		if err != nil {
+			return err
+		}
+		if err := add(b.Name, sink); err != nil {
+			return err
+		}
+	}
+	for _, n := range rc.Endpoints.NATS {
+		sink, err := endpoint.NewNATS(n)
+		if err != nil {
+			return err
+		}
+		if err := add(n.Name, sink); err != nil {
 			return err
 		}
 	}

@@ -8,13 +8,19 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/endpoint"
@@ -161,4 +167,108 @@ func dialTo(t *testing.T, h *testHub) *rawClient {
 	}
 	t.Cleanup(func() { c.Close() })
 	return &rawClient{t: t, conn: c, r: bufio.NewReader(c)}
+}
+
+// TestPlainTopicToMQTTBridge: a plain MQTT publish (the IoT Operations
+// dataflow case) is delivered to subscribers as usual and routed by a
+// MqttTopics route to an MQTT bridge on Debian's Mosquitto.
+func TestPlainTopicToMQTTBridge(t *testing.T) {
+	if _, err := exec.LookPath("mosquitto"); err != nil {
+		if _, err := os.Stat("/usr/sbin/mosquitto"); err != nil {
+			t.Skip("mosquitto is not installed")
+		}
+	}
+	port := freeTCPPort(t)
+	conf := filepath.Join(t.TempDir(), "m.conf")
+	if err := os.WriteFile(conf, []byte("listener "+strconv.Itoa(port)+" 127.0.0.1\nallow_anonymous true\npersistence false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin, _ := exec.LookPath("mosquitto")
+	if bin == "" {
+		bin = "/usr/sbin/mosquitto"
+	}
+	mq := exec.Command(bin, "-c", conf)
+	if err := mq.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = mq.Process.Kill(); _ = mq.Wait() }()
+	url := "tcp://127.0.0.1:" + strconv.Itoa(port)
+	var sub mqtt.Client
+	got := make(chan string, 4)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sub = mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("downstream"))
+		if tok := sub.Connect(); tok.WaitTimeout(2*time.Second) && tok.Error() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("mosquitto not reachable")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer sub.Disconnect(0)
+	if tok := sub.Subscribe("dataflow/#", 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() + " " + string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal("subscribe downstream")
+	}
+
+	dir := t.TempDir()
+	loop, off := hostName+":0", ""
+	cfg := &config.Config{
+		Properties: config.Properties{HostName: hostName, Routing: config.Routing{
+			Endpoints: config.RoutingEndpoints{MQTTBridges: []endpoint.MQTTBridgeConfig{{Name: "eg", URL: url, TopicTemplate: "dataflow/{deviceId}/{topic}", QoS: 1}}},
+			Routes:    []routing.Route{{Name: "lines", Source: routing.SourceMQTTTopics, TopicFilter: "factory/+/temp", EndpointNames: []string{"eg"}, IsEnabled: true}},
+		}},
+		Moat: config.Moat{DataDir: dir, Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h, err := hub.New(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-h.Ready()
+	th2 := &testHub{mqttAddr: h.Addrs()["mqtts"], httpsAddr: h.Addrs()["https"], roots: poolOf(t, h)}
+	pols, _ := hub.LoadPolicies(dir)
+	svc, err := serviceapi.NewClient("HostName="+hostName+";SharedAccessKeyName=iothubowner;SharedAccessKey="+pols[0].PrimaryKey, serviceapi.ClientOptions{Address: th2.httpsAddr, RootCAs: th2.roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := svc.CreateDevice(ctxT(t, 5*time.Second), registry.Device{DeviceID: "plc1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialTo(t, th2)
+	c.mustConnect(4, d.DeviceID, deviceToken(t, d, time.Hour), true)
+	c.write(publishPacket(4, "factory/line1/temp", 1, 1, []byte(`{"temperature":25.5}`)))
+	c.expect(4, 5*time.Second)
+	c.write(publishPacket(4, "factory/line1/pressure", 1, 2, []byte(`{"bar":2}`)))
+	c.expect(4, 5*time.Second)
+	select {
+	case m := <-got:
+		if m != `dataflow/plc1/factory/line1/temp {"temperature":25.5}` {
+			t.Fatalf("downstream got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing bridged")
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("unrouted topic bridged: %q", m)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -31,6 +31,7 @@ type admitListener struct {
 	net.Listener
 	name  string
 	admit Admit
+	conns *Conns
 }
 
 func (l *admitListener) Accept() (net.Conn, error) {
@@ -40,6 +41,9 @@ func (l *admitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if l.admit == nil || l.admit(l.name, c.LocalAddr(), c.RemoteAddr()) {
+			if l.conns != nil {
+				return l.conns.add(l.name, c), nil
+			}
 			return c, nil
 		}
 		_ = c.Close()
@@ -50,6 +54,77 @@ func (l *admitListener) Accept() (net.Conn, error) {
 // they are returned.
 func Listener(ln net.Listener, name string, admit Admit) net.Listener {
 	return &admitListener{Listener: ln, name: name, admit: admit}
+}
+
+// TrackedListener is Listener that also registers every admitted connection
+// in conns until it is closed, so that a later policy change can close it.
+// Tracking happens at the socket, under TLS, HTTP and WebSockets, so every
+// kind of connection (MQTT streams, HTTP keep-alive connections, hijacked
+// WebSocket connections) is covered without the protocols knowing.
+func TrackedListener(ln net.Listener, name string, admit Admit, conns *Conns) net.Listener {
+	return &admitListener{Listener: ln, name: name, admit: admit, conns: conns}
+}
+
+// Conns is the set of live admitted connections of every tracked listener.
+type Conns struct {
+	mu sync.Mutex
+	m  map[*trackedConn]struct{}
+}
+
+// NewConns returns an empty set.
+func NewConns() *Conns { return &Conns{m: map[*trackedConn]struct{}{}} }
+
+// Len is the number of live tracked connections.
+func (cs *Conns) Len() int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return len(cs.m)
+}
+
+// Recheck asks keep about every live connection and closes each one it
+// refuses, returning how many it closed. Closing the socket ends whatever
+// runs on it (the broker's client, an HTTP keep-alive connection, a
+// WebSocket) at its next read or write, which is at once for a blocked read.
+func (cs *Conns) Recheck(keep Admit) int {
+	cs.mu.Lock()
+	live := make([]*trackedConn, 0, len(cs.m))
+	for c := range cs.m {
+		live = append(live, c)
+	}
+	cs.mu.Unlock()
+	n := 0
+	for _, c := range live {
+		if !keep(c.listener, c.LocalAddr(), c.RemoteAddr()) {
+			_ = c.Close()
+			n++
+		}
+	}
+	return n
+}
+
+func (cs *Conns) add(listener string, c net.Conn) net.Conn {
+	tc := &trackedConn{Conn: c, listener: listener, set: cs}
+	cs.mu.Lock()
+	cs.m[tc] = struct{}{}
+	cs.mu.Unlock()
+	return tc
+}
+
+// trackedConn leaves its set when closed, by whoever closes it first.
+type trackedConn struct {
+	net.Conn
+	listener string
+	set      *Conns
+	once     sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.set.mu.Lock()
+		delete(c.set.m, c)
+		c.set.mu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 // StreamHandler serves one client stream until it ends.
@@ -109,6 +184,9 @@ func (s *StreamServer) serveConn(ctx context.Context, c net.Conn) {
 	if err := s.Handler(c, s.Name); err != nil {
 		s.Log.Debug("connection ended", "listener", s.Name, "remote", c.RemoteAddr().String(), "error", err)
 	}
+	// The handler normally closed it; closing again makes sure a tracked
+	// connection leaves its set whatever the handler did.
+	_ = c.Close()
 }
 
 // WebSocketPath is where IoT Hub serves MQTT (and AMQP) over WebSockets.

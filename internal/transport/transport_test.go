@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -117,4 +118,76 @@ func TestHandshakeTimeoutDoesNotBlockOthers(t *testing.T) {
 		t.Fatalf("a silent peer blocked the accept loop: %v", err)
 	}
 	tc.Close()
+}
+
+// TestRecheckClosesRefusedLiveConnections checks that a policy change closes
+// exactly the live connections the new policy refuses, at once, and that
+// closed connections leave the set.
+func TestRecheckClosesRefusedLiveConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := NewConns()
+	s := &StreamServer{Name: "mqtts", TLS: &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}, Log: slog.New(slog.DiscardHandler),
+		Handler: func(c net.Conn, _ string) error {
+			_, err := io.Copy(c, c) // echo until closed
+			return err
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Serve(ctx, TrackedListener(ln, "mqtts", nil, conns)) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	dial := func() *tls.Conn {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	keep, drop := dial(), dial()
+	if n := conns.Len(); n != 2 {
+		t.Fatalf("tracked %d connections, want 2", n)
+	}
+	dropPort := drop.LocalAddr().(*net.TCPAddr).Port
+	start := time.Now()
+	closed := conns.Recheck(func(listener string, local, remote net.Addr) bool {
+		if listener != "mqtts" {
+			t.Errorf("listener %q", listener)
+		}
+		return remote.(*net.TCPAddr).Port != dropPort
+	})
+	if closed != 1 {
+		t.Fatalf("Recheck closed %d, want 1", closed)
+	}
+	_ = drop.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := drop.Read(make([]byte, 1)); err == nil {
+		t.Fatal("refused connection still readable")
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("refused connection was not closed within a second")
+	}
+	t.Logf("closed after %v", time.Since(start))
+	if _, err := keep.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	_ = keep.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(keep, make([]byte, 1)); err != nil {
+		t.Fatalf("kept connection disturbed: %v", err)
+	}
+	keep.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for conns.Len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still tracked after both closed", conns.Len())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
