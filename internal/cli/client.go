@@ -1,18 +1,24 @@
 package cli
 
 import (
+	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/hub"
+	"github.com/moat-iot/moat/internal/sas"
 	"github.com/moat-iot/moat/internal/serviceapi"
 )
 
@@ -84,6 +90,41 @@ func (t *target) client() (*serviceapi.Client, error) {
 		return nil, err
 	}
 	return serviceapi.NewClient(cs, serviceapi.ClientOptions{Address: address, RootCAs: pool})
+}
+
+// management returns what the hub's management APIs (DNS zones, network
+// policy) need: the base URL, an HTTP client that trusts the hub's CA and
+// dials the recorded address, and a signer with the policy's key.
+func (t *target) management() (string, *http.Client, func(*http.Request) error, error) {
+	cs, address, pool, err := t.credentials()
+	if err != nil {
+		return "", nil, nil, err
+	}
+	conn, err := serviceapi.ParseConnectionString(cs)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	serverName := conn.HostName
+	if h, _, err := net.SplitHostPort(conn.HostName); err == nil {
+		serverName = h
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}
+	if address != "" {
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, address)
+		}
+	}
+	sign := func(r *http.Request) error {
+		tok, err := sas.Sign(conn.HostName, conn.SharedAccessKeyName, conn.SharedAccessKey, time.Now().Add(time.Hour))
+		if err != nil {
+			return err
+		}
+		r.Header.Set("Authorization", tok)
+		return nil
+	}
+	return "https://" + conn.HostName, &http.Client{Transport: tr, Timeout: time.Minute}, sign, nil
 }
 
 func printJSON(w io.Writer, v any) error {

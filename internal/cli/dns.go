@@ -1,23 +1,16 @@
 package cli
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/moat-iot/moat/internal/dnszone"
 	"github.com/moat-iot/moat/internal/errcode"
-	"github.com/moat-iot/moat/internal/sas"
-	"github.com/moat-iot/moat/internal/serviceapi"
 )
 
 // dnsCmd manages the hub's private DNS zones, in the manner of
@@ -255,33 +248,9 @@ func parseLinks(ss []string) ([]netip.Prefix, error) {
 // dnsClient reaches the zone API the way t.client reaches the service API:
 // same credentials, CA and address, signing a service SAS per request.
 func (t *target) dnsClient() (*dnszone.Client, error) {
-	cs, address, pool, err := t.credentials()
+	base, hc, sign, err := t.management()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := serviceapi.ParseConnectionString(cs)
-	if err != nil {
-		return nil, err
-	}
-	serverName := conn.HostName
-	if h, _, err := net.SplitHostPort(conn.HostName); err == nil {
-		serverName = h
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}
-	if address != "" {
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, address)
-		}
-	}
-	sign := func(r *http.Request) error {
-		tok, err := sas.Sign(conn.HostName, conn.SharedAccessKeyName, conn.SharedAccessKey, time.Now().Add(time.Hour))
-		if err != nil {
-			return err
-		}
-		r.Header.Set("Authorization", tok)
-		return nil
-	}
-	return dnszone.NewClient("https://"+conn.HostName, &http.Client{Transport: tr, Timeout: time.Minute}, sign), nil
+	return dnszone.NewClient(base, hc, sign), nil
 }

@@ -2,26 +2,15 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/moat-iot/moat/internal/errcode"
-	"github.com/moat-iot/moat/internal/hub"
 	"github.com/moat-iot/moat/internal/netapi"
 	"github.com/moat-iot/moat/internal/netpolicy"
-	"github.com/moat-iot/moat/internal/sas"
-	"github.com/moat-iot/moat/internal/serviceapi"
 )
 
 // networkCmd changes a running hub's network policy, in the manner of
@@ -209,57 +198,9 @@ func canonicalWord(s string, words ...string) string {
 // networkClient reaches the network API with the same credentials, CA and
 // address as the service API client, signing a service SAS per request.
 func (t *target) networkClient() (*netapi.Client, error) {
-	cs := t.login
-	address := t.address
-	if cs == "" {
-		var err error
-		if cs, err = ownerConnectionString(t.dataDir, "iothubowner"); err != nil {
-			return nil, err
-		}
-		if address == "" {
-			if ep, err := hub.ReadEndpoint(t.dataDir); err == nil {
-				address = ep.HTTPSAddress
-			}
-		}
-	}
-	conn, err := serviceapi.ParseConnectionString(cs)
+	base, hc, sign, err := t.management()
 	if err != nil {
 		return nil, err
 	}
-	caFile := t.ca
-	if caFile == "" && t.login == "" {
-		caFile = filepath.Join(t.dataDir, "pki", "ca.pem")
-	}
-	var pool *x509.CertPool
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("read CA: %w", err)
-		}
-		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, errors.New("no certificate in the CA file " + caFile)
-		}
-	}
-	serverName := conn.HostName
-	if h, _, err := net.SplitHostPort(conn.HostName); err == nil {
-		serverName = h
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}
-	if address != "" {
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, address)
-		}
-	}
-	sign := func(r *http.Request) error {
-		tok, err := sas.Sign(conn.HostName, conn.SharedAccessKeyName, conn.SharedAccessKey, time.Now().Add(time.Hour))
-		if err != nil {
-			return err
-		}
-		r.Header.Set("Authorization", tok)
-		return nil
-	}
-	return netapi.NewClient("https://"+conn.HostName, &http.Client{Transport: tr, Timeout: time.Minute}, sign), nil
+	return netapi.NewClient(base, hc, sign), nil
 }
