@@ -65,6 +65,9 @@ type Hub struct {
 
 	dnsStore *dnszone.Store
 	dns      *dnszone.Server
+	// dnsEndpoints are the private endpoints last given to the DNS zone group.
+	dnsSyncMu    sync.Mutex
+	dnsEndpoints map[string]bool
 
 	// network is the live network policy; conns the admitted connections
 	// it re-decides on every change (network.go).
@@ -193,6 +196,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	for _, c := range h.dns.Collectors() {
 		h.metrics.MustRegister(c)
 	}
+	h.syncPrivateDNS()
 	h.telemetry = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_telemetry_messages_total", Help: "Device-to-cloud messages accepted."})
 	h.metrics.MustRegister(h.telemetry)
 	h.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_log_last_offset", Help: "Offset of the last message in the durable message log."}, func() float64 { return float64(h.msglog.Last()) }))
@@ -353,6 +357,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	// tracked, so that a policy change closes what it no longer admits.
 	admit := transport.Admit(h.admit)
 	defer h.network.Subscribe(h.recheckConnections)()
+	defer h.network.Subscribe(h.syncPrivateDNS)()
 
 	var lns []net.Listener
 	listen := func(name, addr string) (net.Listener, error) {

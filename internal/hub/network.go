@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -117,3 +118,30 @@ func (h *Hub) networkAPI() http.Handler {
 // Network returns the network policy engine (tests and future management
 // surfaces use it).
 func (h *Hub) Network() *netpolicy.Engine { return h.network }
+
+// syncPrivateDNS keeps the private DNS zone group in step with the private
+// endpoints: approved endpoints' addresses are registered under the hub's
+// privatelink name, and endpoints that lost their approval or were removed
+// are withdrawn.
+func (h *Hub) syncPrivateDNS() {
+	h.dnsSyncMu.Lock()
+	defer h.dnsSyncMu.Unlock()
+	seen := map[string]bool{}
+	for _, pe := range h.network.Policy().PrivateEndpointConnections {
+		var addrs []netip.Addr
+		for _, a := range pe.Properties.PrivateEndpoint.IPAddresses {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				addrs = append(addrs, ip.Unmap())
+			}
+		}
+		approved := pe.Properties.PrivateLinkServiceConnectionState.Status == netpolicy.StatusApproved
+		h.dns.SetPrivateEndpoint(pe.Name, addrs, approved)
+		seen[pe.Name] = true
+	}
+	for name := range h.dnsEndpoints {
+		if !seen[name] {
+			h.dns.SetPrivateEndpoint(name, nil, false)
+		}
+	}
+	h.dnsEndpoints = seen
+}
