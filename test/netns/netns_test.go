@@ -153,7 +153,12 @@ func (tp *topo) startHub(t *testing.T) (stop func()) {
 moat:
   certificateNames: ["%s", "%s", "%s"]
   listeners: {mqtt: ":8883", https: ":443", metrics: "127.0.0.1:9090"}
-`, hubHost, hubPriv, hubPublic, hubPriv, hubV6)
+  dns:
+    listen: ":5353"
+    publicAddresses: ["%s"]
+    privateNetworks: ["10.250.2.0/24"]
+    upstream: []
+`, hubHost, hubPriv, hubPublic, hubPriv, hubV6, hubPublic)
 	cfgPath := filepath.Join(tp.dir, "..", "moat.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -349,6 +354,22 @@ func TestNetworkIsolation(t *testing.T) {
 		tp.cli(t, "network", "private-endpoint", "approve", "--name", "vnet")
 		if status, code := tp.curlCode(t, tp.vnet, hubPriv); code != 0 || status != "401" {
 			t.Fatalf("curl through the Approved endpoint: status %s exit %d (want an HTTP 401 for the missing SAS)", status, code)
+		}
+	})
+
+	t.Run("DNS answers differ by where the question comes from", func(t *testing.T) {
+		if _, err := exec.LookPath("dig"); err != nil {
+			t.Skip("dig is not installed (apt-get install bind9-dnsutils)")
+		}
+		// The endpoint is Approved here, so its address is in the zone group.
+		inet := strings.Fields(must(t, tp.inet, "dig", "+short", "-p", "5353", "@"+hubPublic, hubHost))
+		vnet := strings.Fields(must(t, tp.vnet, "dig", "+short", "-p", "5353", "@"+hubPriv, hubHost))
+		cname := "hub.privatelink.moat.test."
+		if len(inet) != 2 || inet[0] != cname || inet[1] != hubPublic {
+			t.Errorf("internet client resolves %s to %v, want %s then %s", hubHost, inet, cname, hubPublic)
+		}
+		if len(vnet) != 2 || vnet[0] != cname || vnet[1] != hubPriv {
+			t.Errorf("private client resolves %s to %v, want %s then %s", hubHost, vnet, cname, hubPriv)
 		}
 	})
 
