@@ -28,7 +28,6 @@ import (
 	"github.com/moat-iot/moat/internal/configurations"
 	"github.com/moat-iot/moat/internal/dnszone"
 	"github.com/moat-iot/moat/internal/endpoint"
-	"github.com/moat-iot/moat/internal/errcode"
 	"github.com/moat-iot/moat/internal/events"
 	"github.com/moat-iot/moat/internal/jobs"
 	"github.com/moat-iot/moat/internal/message"
@@ -527,19 +526,8 @@ func (h *Hub) close() {
 	}
 }
 
-// authorizeManagement admits management calls (DNS zones) signed by a policy
-// with RegistryWrite, or with RegistryRead for reads.
+// authorizeManagement admits management calls (DNS zones) on the same terms
+// as the network API: RegistryWrite, or RegistryRead for reads.
 func (h *Hub) authorizeManagement(r *http.Request) error {
-	tok, err := sas.Parse(r.Header.Get("Authorization"))
-	if err != nil {
-		return errcode.Wrap(errcode.IotHubUnauthorizedAccess, err, "Unauthorized")
-	}
-	p, err := sas.VerifyService(tok, h.hostName, h.Policies(), time.Now())
-	if err != nil {
-		return errcode.Wrap(errcode.IotHubUnauthorizedAccess, err, "Unauthorized")
-	}
-	if p.Has(sas.RegistryWrite) || (r.Method == http.MethodGet && p.Has(sas.RegistryRead)) {
-		return nil
-	}
-	return errcode.New(errcode.IotHubUnauthorizedAccess, "Unauthorized")
+	return netapi.ServiceAuth(h.hostName, h.Policies, nil)(r, r.Method != http.MethodGet)
 }
