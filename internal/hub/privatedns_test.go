@@ -1,8 +1,6 @@
 package hub_test
 
 import (
-	"context"
-	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/dnszone"
-	"github.com/moat-iot/moat/internal/hub"
 	"github.com/moat-iot/moat/internal/netpolicy"
 )
 
@@ -39,18 +36,7 @@ func TestPrivateEndpointDNS(t *testing.T) {
 			DNS: dnszone.Config{Listen: dnsAddr, PublicAddresses: []netip.Addr{netip.MustParseAddr("198.51.100.9")},
 				PrivateNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.42/32")}, Upstream: []string{}}},
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h, err := hub.New(ctx, cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-h.Ready()
+	h, _, _ := runHub(t, cfg)
 
 	ask := func(from string) []string {
 		t.Helper()

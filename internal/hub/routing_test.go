@@ -64,24 +64,7 @@ func TestRoutingToWebhook(t *testing.T) {
 		}},
 		Moat: config.Moat{DataDir: dir, Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h, err := hub.New(ctx, cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-h.Ready()
-	th2 := &testHub{mqttAddr: h.Addrs()["mqtts"], httpsAddr: h.Addrs()["https"], roots: poolOf(t, h)}
-	pols, _ := hub.LoadPolicies(dir)
-	svc, err := serviceapi.NewClient("HostName="+hostName+";SharedAccessKeyName=iothubowner;SharedAccessKey="+pols[0].PrimaryKey, serviceapi.ClientOptions{Address: th2.httpsAddr, RootCAs: th2.roots})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, th2, svc := runHub(t, cfg)
 	d, err := svc.CreateDevice(ctxT(t, 5*time.Second), registry.Device{DeviceID: "sensor1"})
 	if err != nil {
 		t.Fatal(err)
@@ -220,24 +203,7 @@ func TestPlainTopicToMQTTBridge(t *testing.T) {
 		}},
 		Moat: config.Moat{DataDir: dir, Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h, err := hub.New(ctx, cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-h.Ready()
-	th2 := &testHub{mqttAddr: h.Addrs()["mqtts"], httpsAddr: h.Addrs()["https"], roots: poolOf(t, h)}
-	pols, _ := hub.LoadPolicies(dir)
-	svc, err := serviceapi.NewClient("HostName="+hostName+";SharedAccessKeyName=iothubowner;SharedAccessKey="+pols[0].PrimaryKey, serviceapi.ClientOptions{Address: th2.httpsAddr, RootCAs: th2.roots})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, th2, svc := runHub(t, cfg)
 	d, err := svc.CreateDevice(ctxT(t, 5*time.Second), registry.Device{DeviceID: "plc1"})
 	if err != nil {
 		t.Fatal(err)
@@ -271,4 +237,40 @@ func freeTCPPort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// runHub starts a hub with cfg for one test and stops it at the test's end.
+func runHub(t *testing.T, cfg *config.Config) (*hub.Hub, *testHub, *serviceapi.Client) {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h, err := hub.New(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-h.Ready()
+	th := &testHub{mqttAddr: h.Addrs()["mqtts"], httpsAddr: h.Addrs()["https"], roots: poolOf(t, h)}
+	pols, err := hub.LoadPolicies(cfg.Moat.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pols {
+		if p.KeyName != "iothubowner" {
+			continue
+		}
+		svc, err := serviceapi.NewClient("HostName="+cfg.Properties.HostName+";SharedAccessKeyName=iothubowner;SharedAccessKey="+p.PrimaryKey,
+			serviceapi.ClientOptions{Address: th.httpsAddr, RootCAs: th.roots})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h, th, svc
+	}
+	t.Fatal("no iothubowner policy")
+	return nil, nil, nil
 }
