@@ -432,6 +432,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		mux := http.NewServeMux()
 		mux.Handle(transport.WebSocketPath, transport.WebSocketHandler("wss", h.broker.ServeConn, h.log))
 		mux.Handle(dnszone.APIPrefix, h.dnsStore.Handler(h.authorizeManagement))
+		mux.Handle(EndpointHealthPath, h.endpointHealthHandler())
 		netAPI := h.networkAPI()
 		mux.Handle(netapi.Prefix, netAPI)
 		mux.Handle(netapi.Prefix+"/", netAPI)

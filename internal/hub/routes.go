@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 
@@ -134,6 +135,29 @@ func (h *Hub) senderTwin(m message.Message) map[string]any {
 		return nil
 	}
 	return doc
+}
+
+// EndpointHealthPath serves every endpoint's health (GET, RegistryRead).
+const EndpointHealthPath = "/moat/endpoints/health"
+
+// endpointHealthHandler answers GET EndpointHealthPath.
+func (h *Hub) endpointHealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		if err := h.authorizeManagement(r); err != nil {
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.Header().Set("iothub-errorcode", "IotHubUnauthorizedAccess")
+			w.WriteHeader(http.StatusUnauthorized)
+			_ = json.NewEncoder(w).Encode(map[string]string{"Message": "ErrorCode:IotHubUnauthorizedAccess;Unauthorized"})
+			return
+		}
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		_ = json.NewEncoder(w).Encode(h.EndpointHealth())
+	})
 }
 
 // EndpointHealth returns every endpoint's health record.

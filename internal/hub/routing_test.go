@@ -27,6 +27,7 @@ import (
 	"github.com/moat-iot/moat/internal/hub"
 	"github.com/moat-iot/moat/internal/registry"
 	"github.com/moat-iot/moat/internal/routing"
+	"github.com/moat-iot/moat/internal/sas"
 	"github.com/moat-iot/moat/internal/serviceapi"
 )
 
@@ -123,6 +124,29 @@ func TestRoutingToWebhook(t *testing.T) {
 	}
 	if strings.Join(monitored, ",") != `{"temperature":20},{"temperature":25}` {
 		t.Fatalf("events got %v", monitored)
+	}
+	// The same records over the management API, as `moat endpoint health` reads them.
+	pols, _ := hub.LoadPolicies(dir)
+	tok, err := sas.Sign(hostName, "iothubowner", pols[0].PrimaryKey, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "https://"+th2.httpsAddr+hub.EndpointHealthPath, nil)
+	req.Header.Set("Authorization", tok)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: th2.tlsConfig()}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var viaAPI []endpoint.Health
+	err = json.NewDecoder(resp.Body).Decode(&viaAPI)
+	resp.Body.Close()
+	if err != nil || len(viaAPI) != 2 || viaAPI[1].EndpointID != "alerts" || viaAPI[1].HealthStatus != endpoint.Healthy {
+		t.Fatalf("health over the API: %+v %v", viaAPI, err)
+	}
+	req.Header.Del("Authorization")
+	if resp, err := hc.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("health without a token: %v %v", resp.StatusCode, err)
 	}
 	for _, eh := range h.EndpointHealth() {
 		if eh.HealthStatus != endpoint.Healthy {
