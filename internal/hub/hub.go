@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,6 +75,7 @@ type Hub struct {
 	audit   *audit.Recorder
 	conns   *transport.Conns
 
+	connSeq     atomic.Uint64 // sequence numbers of connection state events
 	workers     []*endpoint.Worker
 	deadLetters []*msglog.PebbleLog
 	methods     *methods.Invoker
@@ -95,6 +97,9 @@ type Hub struct {
 // certificate and the default policies on first start.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error) {
 	h := &Hub{cfg: cfg, log: log, ready: make(chan struct{}), addrs: map[string]string{}}
+	// Sequence numbers of connection state events keep increasing across
+	// restarts, as IoT Hub's do.
+	h.connSeq.Store(uint64(time.Now().UnixNano()))
 	h.hostName = cfg.Properties.HostName
 	if h.hostName == "" {
 		h.hostName = config.DefaultHostName
@@ -204,16 +209,17 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	var transportRef methodTransport
 	h.methods = methods.New(&transportRef)
 	broker, err = mqttdevice.New(mqttdevice.Config{
-		HostName:    h.hostName,
-		Registry:    h.registry,
-		Policies:    h.Policies,
-		Methods:     h.methods,
-		C2D:         h.c2d,
-		Accept:      h.accept,
-		AcceptAsync: h.acceptAsync,
-		Sessions:    h.sessions,
-		ClientCAs:   ca.CAPool(),
-		Log:         log.With("component", "mqtt"),
+		HostName:           h.hostName,
+		Registry:           h.registry,
+		Policies:           h.Policies,
+		Methods:            h.methods,
+		C2D:                h.c2d,
+		Accept:             h.accept,
+		AcceptAsync:        h.acceptAsync,
+		OnConnectionChange: h.connectionChanged,
+		Sessions:           h.sessions,
+		ClientCAs:          ca.CAPool(),
+		Log:                log.With("component", "mqtt"),
 	})
 	if err != nil {
 		h.close()

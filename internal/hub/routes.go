@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/endpoint"
@@ -40,10 +41,7 @@ func (h *Hub) buildRouting() error {
 	needsTwin := routerNeedsTwin(rc)
 	selectFor := func(name string) endpoint.Select {
 		return func(m message.Message) (bool, map[string]string) {
-			in := routing.Input{Source: routing.SourceDeviceMessages, Message: m}
-			if m.System[message.SysMessageSource] == message.SourceMQTTTopics {
-				in.Source = routing.SourceMQTTTopics
-			}
+			in := routing.Input{Source: routing.SourceOf(m), Message: m}
 			if needsTwin {
 				in.Twin = h.senderTwin(m)
 			}
@@ -167,4 +165,20 @@ func (h *Hub) EndpointHealth() []endpoint.Health {
 		out = append(out, w.Health())
 	}
 	return out
+}
+
+// connectionChanged logs IoT Hub's connection state event for routing. It is
+// best effort, like IoT Hub's own: the event is not what a device waits for.
+func (h *Hub) connectionChanged(deviceID, moduleID string, connected bool) {
+	m := routing.ConnectionStateEvent(h.hubName(), deviceID, moduleID, connected, h.connSeq.Add(1), time.Now())
+	rec, err := msglog.EncodeMessage(m)
+	if err != nil {
+		h.log.Warn("encode connection state event", "error", err)
+		return
+	}
+	h.msglog.AppendAsync(rec, func(_ uint64, err error) {
+		if err != nil {
+			h.log.Warn("connection state event not logged", "deviceId", deviceID, "error", err)
+		}
+	})
 }

@@ -298,3 +298,61 @@ func runHub(t *testing.T, cfg *config.Config) (*hub.Hub, *testHub, *serviceapi.C
 	t.Fatal("no iothubowner policy")
 	return nil, nil, nil
 }
+
+// TestConnectionStateEventsRouted: connects and disconnects become IoT Hub's
+// connection state events, routable like any message.
+func TestConnectionStateEventsRouted(t *testing.T) {
+	var mu sync.Mutex
+	var got []endpoint.WebhookRecord
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var batch []endpoint.WebhookRecord
+		if err := json.NewDecoder(r.Body).Decode(&batch); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		got = append(got, batch...)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	loop, off := hostName+":0", ""
+	cfg := &config.Config{
+		Name: "plant2",
+		Properties: config.Properties{HostName: hostName, Routing: config.Routing{
+			Endpoints: config.RoutingEndpoints{WebHooks: []endpoint.WebhookConfig{{Name: "conn", URL: srv.URL}}},
+			Routes:    []routing.Route{{Name: "conn", Source: routing.SourceConnectionStateEvents, EndpointNames: []string{"conn"}, IsEnabled: true}},
+		}},
+		Moat: config.Moat{DataDir: t.TempDir(), Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
+	}
+	_, th2, svc := runHub(t, cfg)
+	d, err := svc.CreateDevice(ctxT(t, 5*time.Second), registry.Device{DeviceID: "edge1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialTo(t, th2)
+	c.mustConnect(4, d.DeviceID, deviceToken(t, d, time.Hour), true)
+	c.ping()
+	c.conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook got %d connection events", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, op := range []string{"deviceConnected", "deviceDisconnected"} {
+		e := got[i]
+		if e.Properties["opType"] != op || e.Properties["deviceId"] != "edge1" || e.Properties["hubName"] != "plant2" ||
+			e.Properties["iothub-message-schema"] != "deviceConnectionStateNotification" || !strings.Contains(string(e.Body), "sequenceNumber") {
+			t.Fatalf("event %d: %+v %s", i, e.Properties, e.Body)
+		}
+	}
+}

@@ -51,6 +51,10 @@ type Config struct {
 	// from any goroutine, and must not block. The device's PUBACK is sent from
 	// done, so the broker keeps reading while the log commits.
 	AcceptAsync func(m message.Message, done func(error))
+	// OnConnectionChange, if set, is told of every connect and disconnect of
+	// an identity (not of a connection taken over by the same identity), for
+	// IoT Hub's connection state events. It must not block.
+	OnConnectionChange func(deviceID, moduleID string, connected bool)
 	// Sessions persists the subscriptions of clean=false sessions across hub
 	// restarts; nil keeps them in memory only.
 	Sessions session.Store

@@ -157,6 +157,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, true); err != nil {
 		b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
 	}
+	if b.cfg.OnConnectionChange != nil {
+		b.cfg.OnConnectionChange(s.id.DeviceID, s.id.ModuleID, true)
+	}
 	b.restoreSession(cl, s, pk.Connect.Clean)
 	if s.id.ModuleID == "" {
 		b.c2d.sessionStarted(cl, s.id.DeviceID, pk.Connect.Clean)
@@ -178,6 +181,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	}
 	if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, false); err != nil {
 		b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
+	}
+	if b.cfg.OnConnectionChange != nil {
+		b.cfg.OnConnectionChange(s.id.DeviceID, s.id.ModuleID, false)
 	}
 }
 

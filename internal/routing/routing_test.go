@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moat-iot/moat/internal/message"
 )
@@ -176,5 +177,32 @@ func TestMQTTTopicRoutes(t *testing.T) {
 	}
 	if _, err := Compile(Config{Routes: []Route{{Name: "x", Source: SourceDeviceMessages, TopicFilter: "a", EndpointNames: []string{"s"}, IsEnabled: true}}}, "h", []string{"s"}); err == nil {
 		t.Error("topicFilter on a DeviceMessages route accepted")
+	}
+}
+
+func TestConnectionStateEvent(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	m := ConnectionStateEvent("hub1", "d1", "", true, 255, at)
+	if SourceOf(m) != SourceConnectionStateEvents || string(m.Body) != `{"sequenceNumber":"00000000000000ff"}` {
+		t.Fatalf("got %s %s", SourceOf(m), m.Body)
+	}
+	want := map[string]string{"hubName": "hub1", "deviceId": "d1", "opType": "deviceConnected", "operationTimestamp": "2026-01-02T03:04:05Z", "iothub-message-schema": "deviceConnectionStateNotification"}
+	if !reflect.DeepEqual(m.Properties, want) {
+		t.Fatalf("properties %v", m.Properties)
+	}
+	if mm := ConnectionStateEvent("hub1", "d1", "m1", false, 1, at); mm.Properties["opType"] != "moduleDisconnected" || mm.Properties["moduleId"] != "m1" {
+		t.Fatalf("module event %v", mm.Properties)
+	}
+	// A route on the connection source with a condition on the event's properties.
+	r, err := Compile(Config{Routes: []Route{{Name: "conn", Source: SourceConnectionStateEvents, Condition: "opType = 'deviceDisconnected'", EndpointNames: []string{"s"}, IsEnabled: true}}}, "hub1", []string{"s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Endpoints(Input{Source: SourceOf(m), Message: m}); len(got) != 0 {
+		t.Fatalf("connected event routed: %v", got)
+	}
+	d := ConnectionStateEvent("hub1", "d1", "", false, 2, at)
+	if got := r.Endpoints(Input{Source: SourceOf(d), Message: d}); !reflect.DeepEqual(got, []string{"s"}) {
+		t.Fatalf("disconnected event: %v", got)
 	}
 }

@@ -1,0 +1,69 @@
+package routing
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/moat-iot/moat/internal/message"
+)
+
+// Values of iothub-message-source for IoT Hub's non-telemetry events.
+const (
+	MessageSourceConnectionState = "deviceConnectionStateEvents"
+	MessageSourceLifecycle       = "deviceLifecycleEvents"
+	MessageSourceTwinChange      = "twinChangeEvents"
+)
+
+// SourceOf returns the routing source of a logged message from its
+// iothub-message-source property (telemetry has none).
+func SourceOf(m message.Message) string {
+	switch m.System[message.SysMessageSource] {
+	case MessageSourceConnectionState:
+		return SourceConnectionStateEvents
+	case MessageSourceLifecycle:
+		return SourceDeviceLifecycleEvents
+	case MessageSourceTwinChange:
+		return SourceTwinChangeEvents
+	case message.SourceMQTTTopics:
+		return SourceMQTTTopics
+	}
+	return SourceDeviceMessages
+}
+
+// ConnectionStateEvent builds IoT Hub's connection state notification for a
+// connect or disconnect: a JSON body with the sequence number (hex) and the
+// documented application properties.
+func ConnectionStateEvent(hubName, deviceID, moduleID string, connected bool, seq uint64, at time.Time) message.Message {
+	at = at.UTC()
+	op := "device"
+	if moduleID != "" {
+		op = "module"
+	}
+	if connected {
+		op += "Connected"
+	} else {
+		op += "Disconnected"
+	}
+	props := map[string]string{
+		"hubName":               hubName,
+		"deviceId":              deviceID,
+		"opType":                op,
+		"operationTimestamp":    at.Format(time.RFC3339Nano),
+		"iothub-message-schema": "deviceConnectionStateNotification",
+	}
+	if moduleID != "" {
+		props["moduleId"] = moduleID
+	}
+	sys := map[string]string{
+		message.SysContentType:      "application/json",
+		message.SysContentEncoding:  "utf-8",
+		message.SysMessageSource:    MessageSourceConnectionState,
+		message.SysConnectionDevice: deviceID,
+		message.SysEnqueuedTime:     at.Format(time.RFC3339Nano),
+	}
+	if moduleID != "" {
+		sys[message.SysConnectionModule] = moduleID
+	}
+	body := fmt.Sprintf(`{"sequenceNumber":"%016x"}`, seq)
+	return message.Message{Body: []byte(body), System: sys, Properties: props, Enqueued: at}
+}
