@@ -166,6 +166,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 				broker.DesiredChanged(d, m, v, patch)
 			}
 		},
+		OnLifecycle: func(d, m string, created bool) {
+			if h.msglog != nil {
+				h.lifecycleChanged(d, m, created)
+			}
+		},
 		OnIdentityChange: func(d, m string) {
 			if broker != nil {
 				broker.IdentityChanged(d, m)

@@ -167,18 +167,36 @@ func (h *Hub) EndpointHealth() []endpoint.Health {
 	return out
 }
 
-// connectionChanged logs IoT Hub's connection state event for routing. It is
-// best effort, like IoT Hub's own: the event is not what a device waits for.
-func (h *Hub) connectionChanged(deviceID, moduleID string, connected bool) {
-	m := routing.ConnectionStateEvent(h.hubName(), deviceID, moduleID, connected, h.connSeq.Add(1), time.Now())
+// lifecycleChanged logs IoT Hub's lifecycle event for a created or deleted
+// identity, with its twin as the body (just the ids once it is deleted).
+func (h *Hub) lifecycleChanged(deviceID, moduleID string, created bool) {
+	body, _ := json.Marshal(map[string]string{"deviceId": deviceID, "moduleId": moduleID})
+	if created {
+		if tw, err := h.registry.GetTwin(context.Background(), deviceID, moduleID); err == nil {
+			if b, err := json.Marshal(tw); err == nil {
+				body = b
+			}
+		}
+	}
+	h.logEvent(routing.LifecycleEvent(h.hubName(), deviceID, moduleID, created, body, time.Now()))
+}
+
+// logEvent appends a non-telemetry event to the log for routing, best effort.
+func (h *Hub) logEvent(m message.Message) {
 	rec, err := msglog.EncodeMessage(m)
 	if err != nil {
-		h.log.Warn("encode connection state event", "error", err)
+		h.log.Warn("encode event", "source", m.System[message.SysMessageSource], "error", err)
 		return
 	}
 	h.msglog.AppendAsync(rec, func(_ uint64, err error) {
 		if err != nil {
-			h.log.Warn("connection state event not logged", "deviceId", deviceID, "error", err)
+			h.log.Warn("event not logged", "source", m.System[message.SysMessageSource], "error", err)
 		}
 	})
+}
+
+// connectionChanged logs IoT Hub's connection state event for routing. It is
+// best effort, like IoT Hub's own: the event is not what a device waits for.
+func (h *Hub) connectionChanged(deviceID, moduleID string, connected bool) {
+	h.logEvent(routing.ConnectionStateEvent(h.hubName(), deviceID, moduleID, connected, h.connSeq.Add(1), time.Now()))
 }

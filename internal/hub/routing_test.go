@@ -320,7 +320,10 @@ func TestConnectionStateEventsRouted(t *testing.T) {
 		Name: "plant2",
 		Properties: config.Properties{HostName: hostName, Routing: config.Routing{
 			Endpoints: config.RoutingEndpoints{WebHooks: []endpoint.WebhookConfig{{Name: "conn", URL: srv.URL}}},
-			Routes:    []routing.Route{{Name: "conn", Source: routing.SourceConnectionStateEvents, EndpointNames: []string{"conn"}, IsEnabled: true}},
+			Routes: []routing.Route{
+				{Name: "conn", Source: routing.SourceConnectionStateEvents, EndpointNames: []string{"conn"}, IsEnabled: true},
+				{Name: "life", Source: routing.SourceDeviceLifecycleEvents, EndpointNames: []string{"conn"}, IsEnabled: true},
+			},
 		}},
 		Moat: config.Moat{DataDir: t.TempDir(), Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
 	}
@@ -333,26 +336,43 @@ func TestConnectionStateEventsRouted(t *testing.T) {
 	c.mustConnect(4, d.DeviceID, deviceToken(t, d, time.Hour), true)
 	c.ping()
 	c.conn.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		mu.Lock()
-		n := len(got)
-		mu.Unlock()
-		if n >= 2 {
-			break
+	waitGot := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			have := len(got)
+			mu.Unlock()
+			if have >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("webhook got %d events, want %d", have, n)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("webhook got %d connection events", n)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	waitGot(3)
+	if err := svc.DeleteDevice(ctxT(t, 5*time.Second), "edge1", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitGot(4)
 	mu.Lock()
 	defer mu.Unlock()
-	for i, op := range []string{"deviceConnected", "deviceDisconnected"} {
+	want := []struct{ op, schema, body string }{
+		{"createDeviceIdentity", "deviceLifecycleNotification", `"deviceId":"edge1"`},
+		{"deviceConnected", "deviceConnectionStateNotification", "sequenceNumber"},
+		{"deviceDisconnected", "deviceConnectionStateNotification", "sequenceNumber"},
+		{"deleteDeviceIdentity", "deviceLifecycleNotification", `"deviceId":"edge1"`},
+	}
+	for i, w := range want {
 		e := got[i]
-		if e.Properties["opType"] != op || e.Properties["deviceId"] != "edge1" || e.Properties["hubName"] != "plant2" ||
-			e.Properties["iothub-message-schema"] != "deviceConnectionStateNotification" || !strings.Contains(string(e.Body), "sequenceNumber") {
+		if e.Properties["opType"] != w.op || e.Properties["deviceId"] != "edge1" || e.Properties["hubName"] != "plant2" ||
+			e.Properties["iothub-message-schema"] != w.schema || !strings.Contains(string(e.Body), w.body) {
 			t.Fatalf("event %d: %+v %s", i, e.Properties, e.Body)
 		}
+	}
+	if !strings.Contains(string(got[0].Body), `"properties"`) {
+		t.Fatalf("create event body is not the twin: %s", got[0].Body)
 	}
 }

@@ -30,6 +30,9 @@ type Options struct {
 	// OnIdentityChange is called after a committed change to an identity's status,
 	// credentials or existence, so live connections can be re-checked.
 	OnIdentityChange func(deviceID, moduleID string)
+	// OnLifecycle is called after an identity is created or deleted, for IoT
+	// Hub's lifecycle events (a deleted device reports each of its modules too).
+	OnLifecycle func(deviceID, moduleID string, created bool)
 }
 
 // Registry is the identity registry. All methods are safe for concurrent use.
@@ -89,6 +92,9 @@ func (r *Registry) CreateDevice(ctx context.Context, d Device) (Device, error) {
 			return Device{}, errcode.New(errcode.DeviceAlreadyExists, "a device with id %q is already registered", d.DeviceID)
 		}
 		return Device{}, fmt.Errorf("create device: %w", err)
+	}
+	if r.opts.OnLifecycle != nil {
+		r.opts.OnLifecycle(nd.DeviceID, "", true)
 	}
 	return withConn(nd, Connection{}), nil
 }
@@ -286,9 +292,12 @@ func (r *Registry) deleteIdentity(ctx context.Context, key Key, ifMatch string) 
 	if err != nil {
 		return r.mapErr(ctx, err, key)
 	}
-	if r.opts.OnIdentityChange != nil {
-		for _, k := range keys {
+	for _, k := range keys {
+		if r.opts.OnIdentityChange != nil {
 			r.opts.OnIdentityChange(k.DeviceID, k.ModuleID)
+		}
+		if r.opts.OnLifecycle != nil {
+			r.opts.OnLifecycle(k.DeviceID, k.ModuleID, false)
 		}
 	}
 	return nil
@@ -373,6 +382,9 @@ func (r *Registry) CreateModule(ctx context.Context, m Module) (Module, error) {
 			return Module{}, errcode.New(errcode.DeviceNotFound, "device %q is not registered", m.DeviceID)
 		}
 		return Module{}, fmt.Errorf("create module: %w", err)
+	}
+	if r.opts.OnLifecycle != nil {
+		r.opts.OnLifecycle(nm.DeviceID, nm.ModuleID, true)
 	}
 	return moduleWithConn(nm, Connection{}), nil
 }

@@ -67,3 +67,39 @@ func ConnectionStateEvent(hubName, deviceID, moduleID string, connected bool, se
 	body := fmt.Sprintf(`{"sequenceNumber":"%016x"}`, seq)
 	return message.Message{Body: []byte(body), System: sys, Properties: props, Enqueued: at}
 }
+
+// LifecycleEvent builds IoT Hub's lifecycle notification for a created or
+// deleted identity; body is the identity's twin (JSON) as IoT Hub sends it, or
+// for a deletion what is still known of it.
+func LifecycleEvent(hubName, deviceID, moduleID string, created bool, body []byte, at time.Time) message.Message {
+	at = at.UTC()
+	kind := "Device"
+	schema := "deviceLifecycleNotification"
+	if moduleID != "" {
+		kind = "Module"
+		schema = "moduleLifecycleNotification"
+	}
+	op := "delete" + kind + "Identity"
+	if created {
+		op = "create" + kind + "Identity"
+	}
+	props := map[string]string{
+		"hubName":               hubName,
+		"deviceId":              deviceID,
+		"opType":                op,
+		"operationTimestamp":    at.Format(time.RFC3339Nano),
+		"iothub-message-schema": schema,
+	}
+	sys := map[string]string{
+		message.SysContentType:      "application/json",
+		message.SysContentEncoding:  "utf-8",
+		message.SysMessageSource:    MessageSourceLifecycle,
+		message.SysConnectionDevice: deviceID,
+		message.SysEnqueuedTime:     at.Format(time.RFC3339Nano),
+	}
+	if moduleID != "" {
+		props["moduleId"] = moduleID
+		sys[message.SysConnectionModule] = moduleID
+	}
+	return message.Message{Body: body, System: sys, Properties: props, Enqueued: at}
+}
