@@ -166,6 +166,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 				broker.DesiredChanged(d, m, v, patch)
 			}
 		},
+		OnTwinChange: func(d, m, op string, body map[string]any) {
+			if h.msglog != nil {
+				h.twinChanged(d, m, op, body)
+			}
+		},
 		OnLifecycle: func(d, m string, created bool) {
 			if h.msglog != nil {
 				h.lifecycleChanged(d, m, created)

@@ -181,6 +181,16 @@ func (h *Hub) lifecycleChanged(deviceID, moduleID string, created bool) {
 	h.logEvent(routing.LifecycleEvent(h.hubName(), deviceID, moduleID, created, body, time.Now()))
 }
 
+// twinChanged logs IoT Hub's twin change event.
+func (h *Hub) twinChanged(deviceID, moduleID, opType string, body map[string]any) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		h.log.Warn("encode twin change event", "error", err)
+		return
+	}
+	h.logEvent(routing.TwinChangeEvent(h.hubName(), deviceID, moduleID, opType, b, time.Now()))
+}
+
 // logEvent appends a non-telemetry event to the log for routing, best effort.
 func (h *Hub) logEvent(m message.Message) {
 	rec, err := msglog.EncodeMessage(m)

@@ -299,9 +299,9 @@ func runHub(t *testing.T, cfg *config.Config) (*hub.Hub, *testHub, *serviceapi.C
 	return nil, nil, nil
 }
 
-// TestConnectionStateEventsRouted: connects and disconnects become IoT Hub's
-// connection state events, routable like any message.
-func TestConnectionStateEventsRouted(t *testing.T) {
+// TestNonTelemetryEventsRouted: lifecycle, connection state and twin change
+// events are IoT Hub's non-telemetry events, routable like any message.
+func TestNonTelemetryEventsRouted(t *testing.T) {
 	var mu sync.Mutex
 	var got []endpoint.WebhookRecord
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -323,6 +323,7 @@ func TestConnectionStateEventsRouted(t *testing.T) {
 			Routes: []routing.Route{
 				{Name: "conn", Source: routing.SourceConnectionStateEvents, EndpointNames: []string{"conn"}, IsEnabled: true},
 				{Name: "life", Source: routing.SourceDeviceLifecycleEvents, EndpointNames: []string{"conn"}, IsEnabled: true},
+				{Name: "twins", Source: routing.SourceTwinChangeEvents, Condition: "opType = 'updateTwin'", EndpointNames: []string{"conn"}, IsEnabled: true},
 			},
 		}},
 		Moat: config.Moat{DataDir: t.TempDir(), Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
@@ -353,16 +354,21 @@ func TestConnectionStateEventsRouted(t *testing.T) {
 		}
 	}
 	waitGot(3)
-	if err := svc.DeleteDevice(ctxT(t, 5*time.Second), "edge1", ""); err != nil {
+	if _, err := svc.PatchTwin(ctxT(t, 5*time.Second), "edge1", "", json.RawMessage(`{"tags":{"line":"2"},"properties":{"desired":{"rate":5}}}`), "*"); err != nil {
 		t.Fatal(err)
 	}
 	waitGot(4)
+	if err := svc.DeleteDevice(ctxT(t, 5*time.Second), "edge1", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitGot(5)
 	mu.Lock()
 	defer mu.Unlock()
 	want := []struct{ op, schema, body string }{
 		{"createDeviceIdentity", "deviceLifecycleNotification", `"deviceId":"edge1"`},
 		{"deviceConnected", "deviceConnectionStateNotification", "sequenceNumber"},
 		{"deviceDisconnected", "deviceConnectionStateNotification", "sequenceNumber"},
+		{"updateTwin", "twinChangeNotification", `"desired":{"rate":5}`},
 		{"deleteDeviceIdentity", "deviceLifecycleNotification", `"deviceId":"edge1"`},
 	}
 	for i, w := range want {

@@ -33,6 +33,10 @@ type Options struct {
 	// OnLifecycle is called after an identity is created or deleted, for IoT
 	// Hub's lifecycle events (a deleted device reports each of its modules too).
 	OnLifecycle func(deviceID, moduleID string, created bool)
+	// OnTwinChange is called after a committed twin change (service patch or
+	// replacement, device reported patch) with IoT Hub's twin change event
+	// body: the twin's new version and what changed.
+	OnTwinChange func(deviceID, moduleID, opType string, body map[string]any)
 }
 
 // Registry is the identity registry. All methods are safe for concurrent use.

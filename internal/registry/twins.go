@@ -53,7 +53,30 @@ func (r *Registry) PatchTwin(ctx context.Context, deviceID, moduleID string, pat
 	if err != nil {
 		return twin.Twin{}, err
 	}
-	return r.changeTwin(ctx, Key{DeviceID: deviceID, ModuleID: moduleID}, c, ifMatch)
+	out, err := r.changeTwin(ctx, Key{DeviceID: deviceID, ModuleID: moduleID}, c, ifMatch)
+	if err == nil {
+		r.twinChanged(deviceID, moduleID, "updateTwin", out.Version, patch)
+	}
+	return out, err
+}
+
+// twinChanged reports a committed twin change; change is the JSON that was
+// applied (a patch, or the replacement).
+func (r *Registry) twinChanged(deviceID, moduleID, opType string, version int64, change []byte) {
+	if r.opts.OnTwinChange == nil {
+		return
+	}
+	var body map[string]any
+	if json.Unmarshal(change, &body) != nil || body == nil {
+		body = map[string]any{}
+	}
+	for k := range body {
+		if k != "tags" && k != "properties" {
+			delete(body, k) // only what a twin change carries
+		}
+	}
+	body["version"] = version
+	r.opts.OnTwinChange(deviceID, moduleID, opType, body)
 }
 
 // ReplaceTwin replaces tags and desired properties (PUT /twins/{id}).
@@ -62,7 +85,11 @@ func (r *Registry) ReplaceTwin(ctx context.Context, deviceID, moduleID string, b
 	if err != nil {
 		return twin.Twin{}, err
 	}
-	return r.changeTwin(ctx, Key{DeviceID: deviceID, ModuleID: moduleID}, c, ifMatch)
+	out, err := r.changeTwin(ctx, Key{DeviceID: deviceID, ModuleID: moduleID}, c, ifMatch)
+	if err == nil {
+		r.twinChanged(deviceID, moduleID, "replaceTwin", out.Version, body)
+	}
+	return out, err
 }
 
 func (r *Registry) changeTwin(ctx context.Context, key Key, c twin.Change, ifMatch string) (twin.Twin, error) {
@@ -106,7 +133,7 @@ func (r *Registry) UpdateReported(ctx context.Context, deviceID, moduleID string
 	}
 	now := r.now()
 	key := Key{DeviceID: deviceID, ModuleID: moduleID}
-	var version int64
+	var version, twinVersion int64
 	err = r.store.Update(ctx, key, func(rec *Record) error {
 		doc, err := twin.Decode(rec.Twin)
 		if err != nil {
@@ -115,11 +142,21 @@ func (r *Registry) UpdateReported(ctx context.Context, deviceID, moduleID string
 		if version, err = doc.ApplyReported(p, now); err != nil {
 			return err
 		}
+		twinVersion = doc.Version
 		rec.Twin, err = doc.Encode()
 		return err
 	})
 	if err != nil {
 		return 0, r.mapErr(ctx, err, key)
+	}
+	if r.opts.OnTwinChange != nil {
+		var reported map[string]any
+		_ = json.Unmarshal(patch, &reported)
+		if reported == nil {
+			reported = map[string]any{}
+		}
+		reported["$version"] = version
+		r.opts.OnTwinChange(deviceID, moduleID, "updateTwin", map[string]any{"version": twinVersion, "properties": map[string]any{"reported": reported}})
 	}
 	return version, nil
 }

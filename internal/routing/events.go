@@ -31,10 +31,8 @@ func SourceOf(m message.Message) string {
 }
 
 // ConnectionStateEvent builds IoT Hub's connection state notification for a
-// connect or disconnect: a JSON body with the sequence number (hex) and the
-// documented application properties.
+// connect or disconnect: a JSON body with the sequence number (hex).
 func ConnectionStateEvent(hubName, deviceID, moduleID string, connected bool, seq uint64, at time.Time) message.Message {
-	at = at.UTC()
 	op := "device"
 	if moduleID != "" {
 		op = "module"
@@ -44,45 +42,34 @@ func ConnectionStateEvent(hubName, deviceID, moduleID string, connected bool, se
 	} else {
 		op += "Disconnected"
 	}
-	props := map[string]string{
-		"hubName":               hubName,
-		"deviceId":              deviceID,
-		"opType":                op,
-		"operationTimestamp":    at.Format(time.RFC3339Nano),
-		"iothub-message-schema": "deviceConnectionStateNotification",
-	}
-	if moduleID != "" {
-		props["moduleId"] = moduleID
-	}
-	sys := map[string]string{
-		message.SysContentType:      "application/json",
-		message.SysContentEncoding:  "utf-8",
-		message.SysMessageSource:    MessageSourceConnectionState,
-		message.SysConnectionDevice: deviceID,
-		message.SysEnqueuedTime:     at.Format(time.RFC3339Nano),
-	}
-	if moduleID != "" {
-		sys[message.SysConnectionModule] = moduleID
-	}
 	body := fmt.Sprintf(`{"sequenceNumber":"%016x"}`, seq)
-	return message.Message{Body: []byte(body), System: sys, Properties: props, Enqueued: at}
+	return event(MessageSourceConnectionState, "deviceConnectionStateNotification", op, hubName, deviceID, moduleID, []byte(body), at)
 }
 
 // LifecycleEvent builds IoT Hub's lifecycle notification for a created or
 // deleted identity; body is the identity's twin (JSON) as IoT Hub sends it, or
 // for a deletion what is still known of it.
 func LifecycleEvent(hubName, deviceID, moduleID string, created bool, body []byte, at time.Time) message.Message {
-	at = at.UTC()
-	kind := "Device"
-	schema := "deviceLifecycleNotification"
+	kind, schema := "Device", "deviceLifecycleNotification"
 	if moduleID != "" {
-		kind = "Module"
-		schema = "moduleLifecycleNotification"
+		kind, schema = "Module", "moduleLifecycleNotification"
 	}
 	op := "delete" + kind + "Identity"
 	if created {
 		op = "create" + kind + "Identity"
 	}
+	return event(MessageSourceLifecycle, schema, op, hubName, deviceID, moduleID, body, at)
+}
+
+// TwinChangeEvent builds IoT Hub's twin change notification (opType updateTwin
+// or replaceTwin) with body, the change as JSON.
+func TwinChangeEvent(hubName, deviceID, moduleID, opType string, body []byte, at time.Time) message.Message {
+	return event(MessageSourceTwinChange, "twinChangeNotification", opType, hubName, deviceID, moduleID, body, at)
+}
+
+// event is a non-telemetry event with the properties IoT Hub gives them all.
+func event(source, schema, op, hubName, deviceID, moduleID string, body []byte, at time.Time) message.Message {
+	at = at.UTC()
 	props := map[string]string{
 		"hubName":               hubName,
 		"deviceId":              deviceID,
@@ -93,7 +80,7 @@ func LifecycleEvent(hubName, deviceID, moduleID string, created bool, body []byt
 	sys := map[string]string{
 		message.SysContentType:      "application/json",
 		message.SysContentEncoding:  "utf-8",
-		message.SysMessageSource:    MessageSourceLifecycle,
+		message.SysMessageSource:    source,
 		message.SysConnectionDevice: deviceID,
 		message.SysEnqueuedTime:     at.Format(time.RFC3339Nano),
 	}
