@@ -252,3 +252,29 @@ func (w *Worker) failed(at time.Time, err error) {
 		w.health.HealthStatus = Unhealthy
 	}
 }
+
+// TrimBehind deletes log records every worker has delivered (or dead-lettered):
+// everything below the slowest worker's cursor. It returns the new first
+// offset. The log is shared, so this is the only safe point to trim at.
+func TrimBehind(ctx context.Context, log msglog.Log, workers []*Worker) (uint64, error) {
+	if len(workers) == 0 {
+		return 0, nil
+	}
+	lowest := uint64(0)
+	for i, w := range workers {
+		c, err := log.Cursor(ctx, w.Consumer())
+		if err != nil {
+			return 0, fmt.Errorf("trim: cursor of %s: %w", w.cfg.Name, err)
+		}
+		if i == 0 || c < lowest {
+			lowest = c
+		}
+	}
+	if lowest <= 1 {
+		return lowest, nil
+	}
+	if err := log.Trim(ctx, lowest); err != nil {
+		return 0, fmt.Errorf("trim log below %d: %w", lowest, err)
+	}
+	return lowest, nil
+}

@@ -198,3 +198,31 @@ func TestWebhookBodies(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 }
+
+func TestTrimBehindSlowestWorker(t *testing.T) {
+	ctx := context.Background()
+	log := msglog.NewMemory()
+	appendN(t, log, 10, "a")
+	fast := NewWorker(Config{Name: "fast", Log: log})
+	slow := NewWorker(Config{Name: "slow", Log: log})
+	if first, err := TrimBehind(ctx, log, []*Worker{fast, slow}); err != nil || first != 1 {
+		t.Fatalf("nothing delivered yet: %d %v", first, err)
+	}
+	if recs, _ := log.Read(ctx, 1, 1); len(recs) != 1 || recs[0].Offset != 1 {
+		t.Fatalf("trimmed before anything was delivered: %+v", recs)
+	}
+	if err := log.Commit(ctx, fast.Consumer(), 11); err != nil {
+		t.Fatal(err)
+	}
+	if err := log.Commit(ctx, slow.Consumer(), 4); err != nil {
+		t.Fatal(err)
+	}
+	first, err := TrimBehind(ctx, log, []*Worker{fast, slow})
+	if err != nil || first != 4 {
+		t.Fatalf("trim: %d %v", first, err)
+	}
+	recs, _ := log.Read(ctx, 1, 100)
+	if len(recs) != 7 || recs[0].Offset != 4 {
+		t.Fatalf("after trim the log starts at %d with %d records", recs[0].Offset, len(recs))
+	}
+}

@@ -146,9 +146,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 		return nil, fmt.Errorf("session store: %w", err)
 	}
 	// Every accepted device-to-cloud message is appended here, durably,
-	// before the device gets its PUBACK. Nothing trims the log yet: until
-	// routing trims behind its slowest cursor, the directory grows by about
-	// each message's size (body and properties) plus pebble's overhead.
+	// before the device gets its PUBACK. Run trims it behind the slowest
+	// endpoint once a minute, so it holds what some endpoint still owes.
 	h.msglog, err = msglog.OpenPebble(filepath.Join(h.dataDir, "log"), msglog.PebbleOptions{Logger: log.With("component", "msglog")})
 	if err != nil {
 		h.close()
@@ -409,6 +408,11 @@ func (h *Hub) Run(ctx context.Context) error {
 	// closes (close runs after Run's wait).
 	var workers sync.WaitGroup
 	defer func() { cancel(); workers.Wait() }()
+	workers.Add(1)
+	go func() {
+		defer workers.Done()
+		h.trimLog(runCtx)
+	}()
 	for _, w := range h.workers {
 		workers.Add(1)
 		go func() {

@@ -210,3 +210,23 @@ func (h *Hub) logEvent(m message.Message) {
 func (h *Hub) connectionChanged(deviceID, moduleID string, connected bool) {
 	h.logEvent(routing.ConnectionStateEvent(h.hubName(), deviceID, moduleID, connected, h.connSeq.Add(1), time.Now()))
 }
+
+// logTrimInterval is how often the log is trimmed behind the slowest endpoint.
+const logTrimInterval = time.Minute
+
+// trimLog keeps the durable log from growing without bound: every interval it
+// drops what every endpoint has delivered or dead-lettered.
+func (h *Hub) trimLog(ctx context.Context) {
+	t := time.NewTicker(logTrimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := endpoint.TrimBehind(ctx, h.msglog, h.workers); err != nil && ctx.Err() == nil {
+				h.log.Warn("trim message log", "error", err)
+			}
+		}
+	}
+}
