@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/moat-iot/moat/internal/groupcommit"
 )
 
 // Store keeps configurations. It knows no configuration rule; Service does.
@@ -38,6 +40,7 @@ var (
 // SQLiteStore is a Store in an SQLite file.
 type SQLiteStore struct {
 	db *sql.DB
+	gc *groupcommit.Writer // transactions share fsyncs with concurrent ones
 }
 
 var _ Store = (*SQLiteStore)(nil)
@@ -60,11 +63,14 @@ func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("create configuration schema in %s: %w", path, err)
 	}
-	return &SQLiteStore{db: db}, nil
+	return &SQLiteStore{db: db, gc: groupcommit.New(db)}, nil
 }
 
 // Close implements Store.
-func (s *SQLiteStore) Close() error { return s.db.Close() }
+func (s *SQLiteStore) Close() error {
+	s.gc.Close()
+	return s.db.Close()
+}
 
 type queryer interface {
 	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
@@ -136,52 +142,45 @@ func (s *SQLiteStore) Create(ctx context.Context, c Configuration) error {
 
 // Update implements Store.
 func (s *SQLiteStore) Update(ctx context.Context, id string, fn func(*Configuration) error) (Configuration, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return Configuration{}, fmt.Errorf("update configuration %s: %w", id, err)
-	}
-	defer tx.Rollback()
-	c, err := get(ctx, tx, id)
+	var c Configuration
+	err := s.gc.Do(ctx, func(tx *sql.Tx) error {
+		var err error
+		if c, err = get(ctx, tx, id); err != nil {
+			return err
+		}
+		if err := fn(&c); err != nil {
+			return err
+		}
+		doc, err := json.Marshal(c)
+		if err != nil {
+			return fmt.Errorf("encode configuration %s: %w", id, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE configurations SET doc = ? WHERE id = ?`, doc, id); err != nil {
+			return fmt.Errorf("update configuration %s: %w", id, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return Configuration{}, err
-	}
-	if err := fn(&c); err != nil {
-		return Configuration{}, err
-	}
-	doc, err := json.Marshal(c)
-	if err != nil {
-		return Configuration{}, fmt.Errorf("encode configuration %s: %w", id, err)
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE configurations SET doc = ? WHERE id = ?`, doc, id); err != nil {
-		return Configuration{}, fmt.Errorf("update configuration %s: %w", id, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return Configuration{}, fmt.Errorf("update configuration %s: %w", id, err)
 	}
 	return c, nil
 }
 
 // Delete implements Store.
 func (s *SQLiteStore) Delete(ctx context.Context, id string, fn func(*Configuration) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("delete configuration %s: %w", id, err)
-	}
-	defer tx.Rollback()
-	c, err := get(ctx, tx, id)
-	if err != nil {
-		return err
-	}
-	if fn != nil {
-		if err := fn(&c); err != nil {
+	return s.gc.Do(ctx, func(tx *sql.Tx) error {
+		c, err := get(ctx, tx, id)
+		if err != nil {
 			return err
 		}
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM configurations WHERE id = ?`, id); err != nil {
-		return fmt.Errorf("delete configuration %s: %w", id, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("delete configuration %s: %w", id, err)
-	}
-	return nil
+		if fn != nil {
+			if err := fn(&c); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM configurations WHERE id = ?`, id); err != nil {
+			return fmt.Errorf("delete configuration %s: %w", id, err)
+		}
+		return nil
+	})
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/moat-iot/moat/internal/groupcommit"
 )
 
 // Store keeps jobs and their per-device results. It knows no job rule;
@@ -41,6 +43,7 @@ var (
 // SQLiteStore is a Store in an SQLite file.
 type SQLiteStore struct {
 	db *sql.DB
+	gc *groupcommit.Writer // transactions share fsyncs with concurrent ones
 }
 
 var _ Store = (*SQLiteStore)(nil)
@@ -73,11 +76,14 @@ func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("create job schema in %s: %w", path, err)
 	}
-	return &SQLiteStore{db: db}, nil
+	return &SQLiteStore{db: db, gc: groupcommit.New(db)}, nil
 }
 
 // Close implements Store.
-func (s *SQLiteStore) Close() error { return s.db.Close() }
+func (s *SQLiteStore) Close() error {
+	s.gc.Close()
+	return s.db.Close()
+}
 
 // CreateJob implements Store.
 func (s *SQLiteStore) CreateJob(ctx context.Context, j Job) error {
@@ -125,27 +131,26 @@ func (s *SQLiteStore) GetJob(ctx context.Context, id string) (Job, error) {
 
 // UpdateJob implements Store.
 func (s *SQLiteStore) UpdateJob(ctx context.Context, id string, fn func(*Job) error) (Job, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return Job{}, fmt.Errorf("update job %s: %w", id, err)
-	}
-	defer tx.Rollback()
-	j, err := getJob(ctx, tx, id)
+	var j Job
+	err := s.gc.Do(ctx, func(tx *sql.Tx) error {
+		var err error
+		if j, err = getJob(ctx, tx, id); err != nil {
+			return err
+		}
+		if err := fn(&j); err != nil {
+			return err
+		}
+		doc, err := json.Marshal(j)
+		if err != nil {
+			return fmt.Errorf("encode job %s: %w", id, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET doc = ? WHERE job_id = ?`, doc, id); err != nil {
+			return fmt.Errorf("update job %s: %w", id, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return Job{}, err
-	}
-	if err := fn(&j); err != nil {
-		return Job{}, err
-	}
-	doc, err := json.Marshal(j)
-	if err != nil {
-		return Job{}, fmt.Errorf("encode job %s: %w", id, err)
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE jobs SET doc = ? WHERE job_id = ?`, doc, id); err != nil {
-		return Job{}, fmt.Errorf("update job %s: %w", id, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return Job{}, fmt.Errorf("update job %s: %w", id, err)
 	}
 	return j, nil
 }
@@ -180,30 +185,24 @@ func (s *SQLiteStore) PutDeviceJobs(ctx context.Context, djs []DeviceJob) error 
 	if len(djs) == 0 {
 		return nil
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("put device jobs: %w", err)
-	}
-	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO device_jobs(job_id, device_id, doc) VALUES (?, ?, ?)
+	return s.gc.Do(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO device_jobs(job_id, device_id, doc) VALUES (?, ?, ?)
 		ON CONFLICT(job_id, device_id) DO UPDATE SET doc = excluded.doc`)
-	if err != nil {
-		return fmt.Errorf("put device jobs: %w", err)
-	}
-	defer stmt.Close()
-	for _, dj := range djs {
-		doc, err := json.Marshal(dj)
 		if err != nil {
-			return fmt.Errorf("encode device job %s/%s: %w", dj.JobID, dj.DeviceID, err)
+			return fmt.Errorf("put device jobs: %w", err)
 		}
-		if _, err := stmt.ExecContext(ctx, dj.JobID, dj.DeviceID, doc); err != nil {
-			return fmt.Errorf("put device job %s/%s: %w", dj.JobID, dj.DeviceID, err)
+		defer stmt.Close()
+		for _, dj := range djs {
+			doc, err := json.Marshal(dj)
+			if err != nil {
+				return fmt.Errorf("encode device job %s/%s: %w", dj.JobID, dj.DeviceID, err)
+			}
+			if _, err := stmt.ExecContext(ctx, dj.JobID, dj.DeviceID, doc); err != nil {
+				return fmt.Errorf("put device job %s/%s: %w", dj.JobID, dj.DeviceID, err)
+			}
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("put device jobs: %w", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // DeviceJobs implements Store.
