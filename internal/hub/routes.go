@@ -72,26 +72,12 @@ func (h *Hub) buildRouting() error {
 	if err := add(routing.BuiltInEvents, eventsSink{h.events}); err != nil {
 		return err
 	}
-	for _, w := range rc.Endpoints.WebHooks {
-		if err := add(w.Name, endpoint.NewWebhook(w, nil)); err != nil {
-			return err
-		}
+	sinks, err := customSinks(rc.Endpoints)
+	if err != nil {
+		return err
 	}
-	for _, b := range rc.Endpoints.MQTTBridges {
-		sink, err := endpoint.NewMQTTBridge(b)
-		if err != nil {
-			return err
-		}
-		if err := add(b.Name, sink); err != nil {
-			return err
-		}
-	}
-	for _, n := range rc.Endpoints.NATS {
-		sink, err := endpoint.NewNATS(n)
-		if err != nil {
-			return err
-		}
-		if err := add(n.Name, sink); err != nil {
+	for _, s := range sinks {
+		if err := add(s.name, s.sink); err != nil {
 			return err
 		}
 	}
