@@ -94,6 +94,9 @@ type Moat struct {
 	// certificate.
 	CertificateNames []string `json:"certificateNames,omitempty"`
 	LogLevel         string   `json:"logLevel,omitempty"`
+	// Profiling serves Go's pprof profiles under /debug/pprof/ on the
+	// metrics listener, for measuring the hub under load. Default off.
+	Profiling bool `json:"profiling,omitempty"`
 	// AllowLoopbackAdministration admits connections from the hub's own host
 	// (local and remote address both loopback) whatever the network policy
 	// says, so that `moat` commands and metrics scrapers on the host keep

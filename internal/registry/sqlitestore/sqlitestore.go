@@ -27,7 +27,13 @@ type Store struct {
 	// Every write is group-committed with the writes queued beside it, so a
 	// storm of connects or twin reports costs a few fsyncs, not one each.
 	gc *groupcommit.Writer
+
+	cache *recordCache
 }
+
+// cachedRecords bounds the record cache: a few KiB per identity, so tens of
+// MiB at most, while covering the active devices of most hubs.
+const cachedRecords = 16384
 
 var _ registry.Store = (*Store)(nil)
 
@@ -85,7 +91,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		r.Close()
 		return nil, fmt.Errorf("open registry %s readers: %w", path, err)
 	}
-	return &Store{w: w, r: r, gc: groupcommit.New(w)}, nil
+	return &Store{w: w, r: r, gc: groupcommit.New(w), cache: newRecordCache(cachedRecords)}, nil
 }
 
 // escapePath keeps a file name whole inside a "file:" URI, which SQLite
@@ -170,11 +176,20 @@ func fromNanos(n sql.NullInt64) time.Time {
 
 // Get implements registry.Store.
 func (s *Store) Get(ctx context.Context, key registry.Key) (*registry.Record, error) {
-	return getRecord(ctx, s.r, key)
+	rec, seq := s.cache.get(key)
+	if rec != nil {
+		return rec, nil
+	}
+	rec, err := getRecord(ctx, s.r, key)
+	if err == nil {
+		s.cache.put(rec, seq)
+	}
+	return rec, err
 }
 
 // Create implements registry.Store.
 func (s *Store) Create(ctx context.Context, rec *registry.Record) error {
+	defer s.invalidating(rec.Key)()
 	return s.inTx(ctx, "create "+rec.Key.String(), func(tx *sql.Tx) error {
 		k := rec.Key
 		var exists int
@@ -210,6 +225,7 @@ func (s *Store) Create(ctx context.Context, rec *registry.Record) error {
 
 // Update implements registry.Store.
 func (s *Store) Update(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) error {
+	defer s.invalidating(key)()
 	return s.inTx(ctx, "update "+key.String(), func(tx *sql.Tx) error {
 		rec, err := getRecord(ctx, tx, key)
 		if err != nil {
@@ -229,6 +245,7 @@ func (s *Store) Update(ctx context.Context, key registry.Key, fn func(cur *regis
 
 // Delete implements registry.Store.
 func (s *Store) Delete(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) ([]registry.Key, error) {
+	defer s.invalidating(key)()
 	var keys []registry.Key
 	err := s.inTx(ctx, "delete "+key.String(), func(tx *sql.Tx) error {
 		keys = keys[:0]
@@ -275,6 +292,7 @@ func (s *Store) Delete(ctx context.Context, key registry.Key, fn func(cur *regis
 // write: connects arrive in storms, and one fsync each would cap them at the
 // disk's sync rate.
 func (s *Store) SetConnection(ctx context.Context, key registry.Key, c registry.Connection) error {
+	defer s.invalidating(key)()
 	return s.inTx(ctx, "set connection "+key.String(), func(tx *sql.Tx) error {
 		var res sql.Result
 		var err error
@@ -301,6 +319,8 @@ func (s *Store) SetConnection(ctx context.Context, key registry.Key, c registry.
 
 // DisconnectAll implements registry.Store.
 func (s *Store) DisconnectAll(ctx context.Context, t time.Time) error {
+	s.cache.clear()
+	defer s.cache.clear()
 	return s.inTx(ctx, "disconnect all", func(tx *sql.Tx) error {
 		for _, table := range []string{"devices", "modules"} {
 			if _, err := tx.ExecContext(ctx, `UPDATE `+table+` SET connected = 0, conn_updated = ? WHERE connected != 0`, t.UnixNano()); err != nil {
@@ -372,6 +392,13 @@ func (s *Store) CountDevices(ctx context.Context) (map[string]int, error) {
 		return nil, fmt.Errorf("count devices: %w", err)
 	}
 	return out, nil
+}
+
+// invalidating drops key from the cache now and again when the returned
+// function runs, after the write committed (or failed): see recordCache.
+func (s *Store) invalidating(key registry.Key) func() {
+	s.cache.invalidate(key)
+	return func() { s.cache.invalidate(key) }
 }
 
 // passThrough marks an error from a caller's closure, returned unwrapped.

@@ -1,0 +1,101 @@
+package sqlitestore
+
+import (
+	"sync"
+
+	"github.com/moat-iot/moat/internal/registry"
+)
+
+// recordCache keeps recently read records in memory. Reads of one identity
+// (twin GETs, connects, routing's $twin lookups) far outnumber its writes, and
+// a SQLite point read costs more than the rest of a twin GET together. It is
+// sound only because this process is the database's one writer: every write
+// goes through the Store and invalidates here. (A shared database, such as the
+// clustered PostgreSQL store, cannot use it.)
+//
+// A read that misses fills the cache only if no write started or finished
+// while it read, so it never installs a value a concurrent write superseded:
+// writes bump seq before they run and again after they commit, and the reader
+// compares seq before and after.
+type recordCache struct {
+	mu      sync.Mutex
+	seq     uint64
+	max     int
+	n       int
+	devices map[string]map[string]*registry.Record // device id → module id ("" for the device) → record
+}
+
+func newRecordCache(max int) *recordCache {
+	return &recordCache{max: max, devices: map[string]map[string]*registry.Record{}}
+}
+
+// get returns a copy of the cached record, or the sequence number a miss
+// must hand to put.
+func (c *recordCache) get(k registry.Key) (*registry.Record, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rec, ok := c.devices[k.DeviceID][k.ModuleID]; ok {
+		cp := *rec
+		return &cp, 0
+	}
+	return nil, c.seq
+}
+
+// put caches rec, read when the sequence number was seq.
+func (c *recordCache) put(rec *registry.Record, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if seq != c.seq || c.max <= 0 {
+		return
+	}
+	if c.n >= c.max {
+		c.evictOne()
+	}
+	mods := c.devices[rec.Key.DeviceID]
+	if mods == nil {
+		mods = map[string]*registry.Record{}
+		c.devices[rec.Key.DeviceID] = mods
+	}
+	if _, ok := mods[rec.Key.ModuleID]; !ok {
+		c.n++
+	}
+	cp := *rec
+	mods[rec.Key.ModuleID] = &cp
+}
+
+// evictOne drops an arbitrary device's entries (map order is random enough
+// for a bound, and keeps this O(1) amortised).
+func (c *recordCache) evictOne() {
+	for d, mods := range c.devices {
+		c.n -= len(mods)
+		delete(c.devices, d)
+		return
+	}
+}
+
+// invalidate forgets key — all of a device's entries, since deleting a
+// device removes its modules — and fences off reads in flight.
+func (c *recordCache) invalidate(k registry.Key) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	mods := c.devices[k.DeviceID]
+	if k.ModuleID == "" {
+		c.n -= len(mods)
+		delete(c.devices, k.DeviceID)
+		return
+	}
+	if _, ok := mods[k.ModuleID]; ok {
+		c.n--
+		delete(mods, k.ModuleID)
+	}
+}
+
+// clear forgets everything (for writes to many identities at once).
+func (c *recordCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	c.devices = map[string]map[string]*registry.Record{}
+	c.n = 0
+}
