@@ -29,7 +29,63 @@ type Store struct {
 	gc *groupcommit.Writer
 
 	cache *recordCache
+
+	// Hot statements are prepared once: SQLite's parser otherwise costs as
+	// much as the write itself.
+	read, write statements
 }
+
+const (
+	sqlGetDevice  = `SELECT status, identity, twin, connected, conn_updated, last_activity FROM devices WHERE device_id = ?`
+	sqlGetModule  = `SELECT '', identity, twin, connected, conn_updated, last_activity FROM modules WHERE device_id = ? AND module_id = ?`
+	sqlUpdDevice  = `UPDATE devices SET status = ?, identity = ?, twin = ? WHERE device_id = ?`
+	sqlUpdModule  = `UPDATE modules SET identity = ?, twin = ? WHERE device_id = ? AND module_id = ?`
+	sqlConnDevice = `UPDATE devices SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ?`
+	sqlConnModule = `UPDATE modules SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ? AND module_id = ?`
+)
+
+// statements are the prepared hot statements of one database handle; the
+// writer's also has the updates.
+type statements struct {
+	getDevice, getModule   *sql.Stmt
+	updDevice, updModule   *sql.Stmt
+	connDevice, connModule *sql.Stmt
+}
+
+func prepare(ctx context.Context, db *sql.DB, writer bool) (statements, error) {
+	var st statements
+	list := []struct {
+		dst **sql.Stmt
+		q   string
+	}{{&st.getDevice, sqlGetDevice}, {&st.getModule, sqlGetModule}}
+	if writer {
+		list = append(list, []struct {
+			dst **sql.Stmt
+			q   string
+		}{{&st.updDevice, sqlUpdDevice}, {&st.updModule, sqlUpdModule}, {&st.connDevice, sqlConnDevice}, {&st.connModule, sqlConnModule}}...)
+	}
+	for _, l := range list {
+		stmt, err := db.PrepareContext(ctx, l.q)
+		if err != nil {
+			st.close()
+			return statements{}, fmt.Errorf("prepare %q: %w", l.q, err)
+		}
+		*l.dst = stmt
+	}
+	return st, nil
+}
+
+func (st statements) close() {
+	for _, s := range []*sql.Stmt{st.getDevice, st.getModule, st.updDevice, st.updModule, st.connDevice, st.connModule} {
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+// in returns stmt bound to tx (database/sql reuses the connection's prepared
+// statement, and the writer has one connection).
+func in(ctx context.Context, tx *sql.Tx, stmt *sql.Stmt) *sql.Stmt { return tx.StmtContext(ctx, stmt) }
 
 // cachedRecords bounds the record cache: a few KiB per identity, so tens of
 // MiB at most, while covering the active devices of most hubs.
@@ -91,7 +147,20 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		r.Close()
 		return nil, fmt.Errorf("open registry %s readers: %w", path, err)
 	}
-	return &Store{w: w, r: r, gc: groupcommit.New(w), cache: newRecordCache(cachedRecords)}, nil
+	rs, err := prepare(ctx, r, false)
+	if err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("open registry %s: %w", path, err)
+	}
+	ws, err := prepare(ctx, w, true)
+	if err != nil {
+		rs.close()
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("open registry %s: %w", path, err)
+	}
+	return &Store{w: w, r: r, gc: groupcommit.New(w), cache: newRecordCache(cachedRecords), read: rs, write: ws}, nil
 }
 
 // escapePath keeps a file name whole inside a "file:" URI, which SQLite
@@ -132,22 +201,21 @@ func migrate(ctx context.Context, db *sql.DB) error {
 // Close stops the writer and closes the database. Writes still queued fail.
 func (s *Store) Close() error {
 	s.gc.Close()
+	s.read.close()
+	s.write.close()
 	return errors.Join(s.r.Close(), s.w.Close())
 }
 
-type queryer interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func getRecord(ctx context.Context, q queryer, key registry.Key) (*registry.Record, error) {
+// getRecord reads key with the prepared statements dev and mod.
+func getRecord(ctx context.Context, dev, mod *sql.Stmt, key registry.Key) (*registry.Record, error) {
 	rec := &registry.Record{Key: key}
 	var conn int
 	var updated, activity sql.NullInt64
 	var row *sql.Row
 	if key.ModuleID == "" {
-		row = q.QueryRowContext(ctx, `SELECT status, identity, twin, connected, conn_updated, last_activity FROM devices WHERE device_id = ?`, key.DeviceID)
+		row = dev.QueryRowContext(ctx, key.DeviceID)
 	} else {
-		row = q.QueryRowContext(ctx, `SELECT '', identity, twin, connected, conn_updated, last_activity FROM modules WHERE device_id = ? AND module_id = ?`, key.DeviceID, key.ModuleID)
+		row = mod.QueryRowContext(ctx, key.DeviceID, key.ModuleID)
 	}
 	err := row.Scan(&rec.Status, &rec.Identity, &rec.Twin, &conn, &updated, &activity)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -180,7 +248,7 @@ func (s *Store) Get(ctx context.Context, key registry.Key) (*registry.Record, er
 	if rec != nil {
 		return rec, nil
 	}
-	rec, err := getRecord(ctx, s.r, key)
+	rec, err := getRecord(ctx, s.read.getDevice, s.read.getModule, key)
 	if err == nil {
 		s.cache.put(rec, seq)
 	}
@@ -227,7 +295,7 @@ func (s *Store) Create(ctx context.Context, rec *registry.Record) error {
 func (s *Store) Update(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) error {
 	defer s.invalidating(key)()
 	return s.inTx(ctx, "update "+key.String(), func(tx *sql.Tx) error {
-		rec, err := getRecord(ctx, tx, key)
+		rec, err := getRecord(ctx, in(ctx, tx, s.write.getDevice), in(ctx, tx, s.write.getModule), key)
 		if err != nil {
 			return err
 		}
@@ -235,9 +303,9 @@ func (s *Store) Update(ctx context.Context, key registry.Key, fn func(cur *regis
 			return passThrough{err}
 		}
 		if key.ModuleID == "" {
-			_, err = tx.ExecContext(ctx, `UPDATE devices SET status = ?, identity = ?, twin = ? WHERE device_id = ?`, rec.Status, rec.Identity, rec.Twin, key.DeviceID)
+			_, err = in(ctx, tx, s.write.updDevice).ExecContext(ctx, rec.Status, rec.Identity, rec.Twin, key.DeviceID)
 		} else {
-			_, err = tx.ExecContext(ctx, `UPDATE modules SET identity = ?, twin = ? WHERE device_id = ? AND module_id = ?`, rec.Identity, rec.Twin, key.DeviceID, key.ModuleID)
+			_, err = in(ctx, tx, s.write.updModule).ExecContext(ctx, rec.Identity, rec.Twin, key.DeviceID, key.ModuleID)
 		}
 		return err
 	})
@@ -249,7 +317,7 @@ func (s *Store) Delete(ctx context.Context, key registry.Key, fn func(cur *regis
 	var keys []registry.Key
 	err := s.inTx(ctx, "delete "+key.String(), func(tx *sql.Tx) error {
 		keys = keys[:0]
-		rec, err := getRecord(ctx, tx, key)
+		rec, err := getRecord(ctx, in(ctx, tx, s.write.getDevice), in(ctx, tx, s.write.getModule), key)
 		if err != nil {
 			return err
 		}
@@ -297,10 +365,10 @@ func (s *Store) SetConnection(ctx context.Context, key registry.Key, c registry.
 		var res sql.Result
 		var err error
 		if key.ModuleID == "" {
-			res, err = tx.ExecContext(ctx, `UPDATE devices SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ?`,
+			res, err = in(ctx, tx, s.write.connDevice).ExecContext(ctx,
 				c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity), key.DeviceID)
 		} else {
-			res, err = tx.ExecContext(ctx, `UPDATE modules SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ? AND module_id = ?`,
+			res, err = in(ctx, tx, s.write.connModule).ExecContext(ctx,
 				c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity), key.DeviceID, key.ModuleID)
 		}
 		if err != nil {
