@@ -98,9 +98,13 @@ func New(cfg Config) (*Broker, error) {
 	// mochi allocates each client's outbound queue at this length up front
 	// (8192 pointers, 64 KiB, by default): most of an idle connection's
 	// memory. A device rarely has more than a few messages queued to it.
-	caps.MaximumClientWritesPending = 256
+	caps.MaximumClientWritesPending = 128
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
+		// The frame guard under mochi already buffers socket reads (and
+		// hands out whole packets), so mochi's own buffer only needs to
+		// hold fixed headers and small packets; larger reads pass through.
+		ClientNetReadBufferSize: 512,
 		InlineClient: true,
 		// mochi logs whole packets (payloads included) at Warn; our hook logs
 		// what an operator needs, so only mochi's errors get through.

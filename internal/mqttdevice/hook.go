@@ -39,7 +39,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
 	defer cancel()
-	s, err := b.authenticate(ctx, cl.ID, pk.Connect.Username, pk.Connect.Password, cl.Net.Conn)
+	var s *connState
+	var err error
+	onFreshStack(func() { s, err = b.authenticate(ctx, cl.ID, pk.Connect.Username, pk.Connect.Password, cl.Net.Conn) })
 	if err == nil && pk.Connect.WillFlag {
 		err = checkWill(s.id, pk.Connect.WillTopic)
 	}
@@ -154,16 +156,18 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	b.connected.Add(1)
 	b.log.Info("device connected", "clientId", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener, "auth", s.authMethod, "clean", pk.Connect.Clean)
-	if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, true); err != nil {
-		b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
-	}
-	if b.cfg.OnConnectionChange != nil {
-		b.cfg.OnConnectionChange(s.id.DeviceID, s.id.ModuleID, true)
-	}
-	b.restoreSession(cl, s, pk.Connect.Clean)
-	if s.id.ModuleID == "" {
-		b.c2d.sessionStarted(cl, s.id.DeviceID, pk.Connect.Clean)
-	}
+	onFreshStack(func() {
+		if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, true); err != nil {
+			b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
+		}
+		if b.cfg.OnConnectionChange != nil {
+			b.cfg.OnConnectionChange(s.id.DeviceID, s.id.ModuleID, true)
+		}
+		b.restoreSession(cl, s, pk.Connect.Clean)
+		if s.id.ModuleID == "" {
+			b.c2d.sessionStarted(cl, s.id.DeviceID, pk.Connect.Clean)
+		}
+	})
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
@@ -179,12 +183,28 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	if cl.IsTakenOver() {
 		return // the new connection owns the state now
 	}
-	if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, false); err != nil {
-		b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
-	}
-	if b.cfg.OnConnectionChange != nil {
-		b.cfg.OnConnectionChange(s.id.DeviceID, s.id.ModuleID, false)
-	}
+	onFreshStack(func() {
+		if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, false); err != nil {
+			b.log.Warn("record connection state", "clientId", cl.ID, "error", err)
+		}
+		if b.cfg.OnConnectionChange != nil {
+			b.cfg.OnConnectionChange(s.id.DeviceID, s.id.ModuleID, false)
+		}
+	})
+}
+
+// onFreshStack runs fn on a short-lived goroutine and waits for it. The
+// connection setup (JSON, SQLite, HMAC) needs tens of KiB of stack; run on the
+// connection's own goroutine, that stack would stay with every idle device
+// for the life of its connection. A goroutine is about a microsecond; a
+// connect costs hundreds.
+func onFreshStack(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
 }
 
 // OnPacketRead closes connections that publish at QoS 2, as IoT Hub does.

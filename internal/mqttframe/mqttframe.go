@@ -64,9 +64,13 @@ var typeNames = [16]string{"reserved type 0", "CONNECT", "CONNACK", "PUBLISH", "
 	"DISCONNECT", "AUTH"}
 
 const (
-	// defaultBufSize holds many small packets per read from the socket and
-	// is the size the buffer returns to after a large packet.
+	// defaultBufSize holds many small packets per read from the socket; a
+	// guard borrows such a buffer from a pool only while data is flowing.
 	defaultBufSize = 8 * 1024
+	// idleBufSize is what a guard keeps of its own: an idle connection
+	// waits in Read on this, so ten thousand idle devices do not pin ten
+	// thousand 8 KiB buffers. A PINGREQ or a short publish fits.
+	idleBufSize = 256
 	// maxEmptyReads guards against an inner conn that returns (0, nil)
 	// forever.
 	maxEmptyReads = 100
@@ -83,10 +87,12 @@ func Guard(c net.Conn, opts Options) net.Conn {
 		opts.MaxPacketSize = DefaultMaxPacketSize
 	}
 	g := &guard{Conn: c, max: opts.MaxPacketSize, onReject: opts.OnReject}
-	g.small = make([]byte, defaultBufSize)
-	g.buf = g.small
+	g.buf = g.idle[:]
 	return g
 }
+
+// bufPool holds the default-size buffers of connections that are receiving.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, defaultBufSize); return &b }}
 
 // Unwrap returns the connection under a Guard (for example the *tls.Conn, for
 // its ConnectionState), or c itself if c is not guarded.
@@ -107,7 +113,9 @@ type guard struct {
 	// the socket and not yet validated (at most one partial packet once
 	// validate has run).
 	buf     []byte
-	small   []byte // the default-size buffer, kept to return to after a large packet
+	idle    [idleBufSize]byte // buf between bursts
+	pooled  *[]byte           // the pool buffer buf is, if it is one
+	flowing bool              // the last read filled most of its space
 	r, v, w int
 
 	version byte  // protocol level from CONNECT; 0 before it
@@ -200,27 +208,66 @@ func (g *guard) validate() (need int) {
 func (g *guard) fill(need int) int {
 	pending := g.w - g.v
 	if pending == 0 {
+		// Everything read has been handed out: drop a large packet's
+		// buffer, and between bursts give back the pool buffer too and
+		// wait on the small one.
 		g.r, g.v, g.w = 0, 0, 0
-		g.buf = g.small // drop a large packet's buffer once it has been handed out
+		if !g.flowing {
+			g.release()
+			g.buf = g.idle[:]
+		} else if g.pooled == nil {
+			g.borrow(0)
+		}
 	}
-	if want := max(need, pending+1); len(g.buf) < want {
-		nb := make([]byte, max(want, len(g.small)))
-		copy(nb, g.buf[g.v:g.w])
-		g.buf = nb
-		g.r, g.v, g.w = 0, 0, pending
+	if want := max(need, pending+1); len(g.buf) < want || (pending > 0 && g.onIdle()) {
+		// A packet outgrew buf, or one is arriving in pieces on the small
+		// buffer: move to a pool buffer, or an exact one past that size.
+		g.borrow(want)
 	} else if g.v > 0 && len(g.buf)-g.w < max(need-pending, len(g.buf)/4) {
 		// Move the partial packet to the front; each byte moves at most
 		// once, since v stays 0 until the packet is complete.
 		copy(g.buf, g.buf[g.v:g.w])
 		g.r, g.v, g.w = 0, 0, pending
 	}
+	space := len(g.buf) - g.w
 	n, err := g.Conn.Read(g.buf[g.w:])
 	g.w += n
+	// A read that filled half its space suggests more is queued behind it.
+	g.flowing = 2*n >= space
 	if err != nil {
 		var ne net.Error
 		g.rerr, g.rerrFatal = err, !(errors.As(err, &ne) && ne.Timeout())
 	}
 	return n
+}
+
+func (g *guard) onIdle() bool { return len(g.buf) > 0 && &g.buf[0] == &g.idle[0] }
+
+// borrow moves buf[v:w] into a pool buffer, or a new one of want bytes when
+// that is larger.
+func (g *guard) borrow(want int) {
+	var nb []byte
+	var p *[]byte
+	if want <= defaultBufSize {
+		p = bufPool.Get().(*[]byte)
+		nb = *p
+	} else {
+		nb = make([]byte, want)
+	}
+	pending := copy(nb, g.buf[g.v:g.w])
+	g.release()
+	g.pooled = p
+	g.buf = nb
+	g.r, g.v, g.w = 0, 0, pending
+}
+
+// release returns buf to the pool if it came from there. The caller has
+// copied out what it still needs.
+func (g *guard) release() {
+	if g.pooled != nil {
+		bufPool.Put(g.pooled)
+		g.pooled = nil
+	}
 }
 
 func (g *guard) reject(err error) {

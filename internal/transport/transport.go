@@ -179,8 +179,20 @@ func (s *StreamServer) serveConn(ctx context.Context, c net.Conn) {
 			_ = c.Close()
 			return
 		}
-		c = tc
+		// The handshake's key exchange and signature grow this goroutine's
+		// stack to tens of KiB, and an idle connection would keep that for
+		// good. The long-lived reader starts on a fresh, small stack instead.
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(tc)
+		}()
+		return
 	}
+	s.handle(c)
+}
+
+func (s *StreamServer) handle(c net.Conn) {
 	if err := s.Handler(c, s.Name); err != nil {
 		s.Log.Debug("connection ended", "listener", s.Name, "remote", c.RemoteAddr().String(), "error", err)
 	}
