@@ -105,7 +105,7 @@ func New(cfg Config) (*Broker, error) {
 		// hands out whole packets), so mochi's own buffer only needs to
 		// hold fixed headers and small packets; larger reads pass through.
 		ClientNetReadBufferSize: 512,
-		InlineClient: true,
+		InlineClient:            true,
 		// mochi logs whole packets (payloads included) at Warn; our hook logs
 		// what an operator needs, so only mochi's errors get through.
 		Logger: slog.New(minLevel{Handler: cfg.Log.Handler(), min: slog.LevelError}),
