@@ -69,6 +69,8 @@ type RoutingEndpoints struct {
 	WebHooks    []endpoint.WebhookConfig    `json:"webHooks,omitempty"`
 	MQTTBridges []endpoint.MQTTBridgeConfig `json:"mqttBridges,omitempty"`
 	NATS        []endpoint.NATSConfig       `json:"nats,omitempty"`
+	EventHubs   []endpoint.EventHubConfig   `json:"eventHubs,omitempty"`
+	Kafka       []endpoint.KafkaConfig      `json:"kafka,omitempty"`
 }
 
 // EndpointNames lists every custom endpoint's name.
@@ -82,6 +84,12 @@ func (r Routing) EndpointNames() []string {
 	}
 	for _, n := range r.Endpoints.NATS {
 		out = append(out, n.Name)
+	}
+	for _, e := range r.Endpoints.EventHubs {
+		out = append(out, e.Name)
+	}
+	for _, k := range r.Endpoints.Kafka {
+		out = append(out, k.Name)
 	}
 	return out
 }
@@ -259,6 +267,20 @@ func (c *Config) Validate() error {
 		endpointURL(path, n.URL, "nats", "tls")
 		if n.SubjectTemplate == "" {
 			bad(path+".subjectTemplate", "is required")
+		}
+	}
+	for i, e := range p.Routing.Endpoints.EventHubs {
+		path := fmt.Sprintf("properties.routing.endpoints.eventHubs[%d]", i)
+		endpointName(path, e.Name)
+		for _, pr := range e.Problems() {
+			bad(path+"."+pr.Field, "%s", pr.Msg)
+		}
+	}
+	for i, k := range p.Routing.Endpoints.Kafka {
+		path := fmt.Sprintf("properties.routing.endpoints.kafka[%d]", i)
+		endpointName(path, k.Name)
+		for _, pr := range k.Problems() {
+			bad(path+"."+pr.Field, "%s", pr.Msg)
 		}
 	}
 	if _, err := routing.Compile(routing.Config{Routes: p.Routing.Routes, FallbackRoute: p.Routing.FallbackRoute, Enrichments: p.Routing.Enrichments}, "hub", p.Routing.EndpointNames()); err != nil {

@@ -32,5 +32,19 @@ func customSinks(eps config.RoutingEndpoints) ([]namedSink, error) {
 		}
 		out = append(out, namedSink{n.Name, sink})
 	}
+	for _, e := range eps.EventHubs {
+		sink, err := endpoint.NewEventHubs(e)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, namedSink{e.Name, sink})
+	}
+	for _, k := range eps.Kafka {
+		sink, err := endpoint.NewKafka(k)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, namedSink{k.Name, sink})
+	}
 	return out, nil
 }
