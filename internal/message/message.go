@@ -33,6 +33,8 @@ const (
 	SysMQTTTopic = "mqtt-topic"
 	// SourceMQTTTopics marks messages from plain MQTT topics.
 	SourceMQTTTopics = "mqttTopics"
+	// SourceTelemetry is IoT Hub's message source of device-to-cloud messages.
+	SourceTelemetry = "Telemetry"
 )
 
 // Message is one message with its properties. Properties keep the exact keys

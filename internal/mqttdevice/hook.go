@@ -337,6 +337,8 @@ func telemetryMessage(s *connState, bag string, payload []byte, now time.Time) (
 	sys[message.SysConnectionAuthGen] = s.genID
 	now = now.UTC()
 	sys[message.SysEnqueuedTime] = now.Format(time.RFC3339Nano)
+	// IoT Hub stamps device messages with their source, as it does events.
+	sys[message.SysMessageSource] = message.SourceTelemetry
 	return message.Message{Body: bytes.Clone(payload), System: sys, Properties: app, Enqueued: now}, nil
 }
 
