@@ -109,7 +109,7 @@ func TestDurableAcrossKill9(t *testing.T) {
 			if err != nil {
 				t.Fatalf("round %d: record %d: %v", round, r.Offset, err)
 			}
-			if m.System[message.SysMessageSource] != "" {
+			if m.System[message.SysMessageSource] != message.SourceTelemetry {
 				continue // a connection state event, not telemetry
 			}
 			mid := m.System[message.SysMessageID]
