@@ -37,10 +37,7 @@ func TestDurableAcrossKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills the moat binary")
 	}
-	bin := filepath.Join(t.TempDir(), "moat")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/moat-iot/moat/cmd/moat").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildMoat(t)
 	dir := t.TempDir()
 	var devices []registry.Device
 	acked := map[string]bool{} // message ids the hub PUBACKed, over all rounds
@@ -49,51 +46,7 @@ func TestDurableAcrossKill9(t *testing.T) {
 		if round == 0 {
 			devices = createDurableDevices(t, dir, hubProc.https, 4)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		var mu sync.Mutex
-		roundAcks := 0
-		killAt := 300 + rand.IntN(700)
-		killed := make(chan struct{})
-		var once sync.Once
-		kill := func() {
-			once.Do(func() {
-				if err := hubProc.cmd.Process.Kill(); err != nil {
-					t.Errorf("kill: %v", err)
-				}
-				close(killed)
-			})
-		}
-		var wg sync.WaitGroup
-		for i, d := range devices {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := publishUntilGone(ctx, hubProc.mqtt, d, fmt.Sprintf("r%d-d%d", round, i), func(mid string) {
-					mu.Lock()
-					defer mu.Unlock()
-					acked[mid] = true
-					if roundAcks++; roundAcks == killAt {
-						kill()
-					}
-				})
-				if err != nil {
-					t.Errorf("device %s: %v", d.DeviceID, err)
-					kill()
-				}
-			}()
-		}
-		select {
-		case <-killed:
-		case <-time.After(30 * time.Second):
-			kill()
-			t.Errorf("round %d: only %d PUBACKs in 30s", round, roundAcks)
-		}
-		_ = hubProc.cmd.Wait()
-		cancel()
-		wg.Wait()
-		if t.Failed() {
-			t.FailNow()
-		}
+		roundAcks := publishAndKill(t, hubProc, devices, fmt.Sprintf("r%d", round), acked)
 
 		l, err := msglog.OpenPebble(filepath.Join(dir, "log"), msglog.PebbleOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
@@ -137,6 +90,70 @@ func TestDurableAcrossKill9(t *testing.T) {
 	}
 }
 
+// buildMoat builds the moat binary (without -race: the test kills it, and
+// measures the real thing).
+func buildMoat(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "moat")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/moat-iot/moat/cmd/moat").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// publishAndKill has every device publish QoS 1 telemetry (message ids
+// prefix-d<i>-<seq>) and SIGKILLs the hub after a random number of PUBACKs.
+// acked collects every acknowledged id; it returns this round's count.
+func publishAndKill(t *testing.T, hubProc *moatProc, devices []registry.Device, prefix string, acked map[string]bool) int {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	roundAcks := 0
+	killAt := 300 + rand.IntN(700)
+	killed := make(chan struct{})
+	var once sync.Once
+	kill := func() {
+		once.Do(func() {
+			if err := hubProc.cmd.Process.Kill(); err != nil {
+				t.Errorf("kill: %v", err)
+			}
+			close(killed)
+		})
+	}
+	var wg sync.WaitGroup
+	for i, d := range devices {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := publishUntilGone(ctx, hubProc.mqtt, d, fmt.Sprintf("%s-d%d", prefix, i), func(mid string) {
+				mu.Lock()
+				defer mu.Unlock()
+				acked[mid] = true
+				if roundAcks++; roundAcks == killAt {
+					kill()
+				}
+			})
+			if err != nil {
+				t.Errorf("device %s: %v", d.DeviceID, err)
+				kill()
+			}
+		}()
+	}
+	select {
+	case <-killed:
+	case <-time.After(30 * time.Second):
+		kill()
+		t.Errorf("%s: only %d PUBACKs in 30s", prefix, roundAcks)
+	}
+	_ = hubProc.cmd.Wait()
+	cancel()
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	return roundAcks
+}
+
 type moatProc struct {
 	cmd         *exec.Cmd
 	mqtt, https string
@@ -144,11 +161,12 @@ type moatProc struct {
 
 // startMoat starts `moat serve` on durableIP with kernel-chosen ports and
 // waits for its ready line.
-func startMoat(t *testing.T, bin, dir string) *moatProc {
+func startMoat(t *testing.T, bin, dir string, extra ...string) *moatProc {
 	t.Helper()
 	cmd := exec.Command(bin, "serve", "--data-dir", dir, "--hostname", durableIP,
 		"--mqtt-addr", durableIP+":0", "--https-addr", durableIP+":0", "--mqtt-plain-addr", durableIP+":0",
 		"--metrics-addr", "", "--log-level", "info")
+	cmd.Args = append(cmd.Args, extra...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -304,7 +322,8 @@ func publishUntilGone(ctx context.Context, addr string, d registry.Device, prefi
 		inflight[pid] = mid
 		mu.Unlock()
 		var pbody []byte
-		pbody = appendStr(pbody, "devices/"+d.DeviceID+"/messages/events/$.mid="+mid)
+		// Every other message carries alert=yes, for tests that route on it.
+		pbody = appendStr(pbody, "devices/"+d.DeviceID+"/messages/events/$.mid="+mid+"&alert="+[]string{"yes", "no"}[seq%2])
 		pbody = binary.BigEndian.AppendUint16(pbody, pid)
 		pbody = append(pbody, "payload of "+mid...)
 		writePacket(w, 0x32, pbody)
