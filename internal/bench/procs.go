@@ -182,11 +182,12 @@ func hubAddrs(ip string, httpsPort int) (mqtts, mqtt, https, metrics string) {
 
 // startHub runs `moat serve` on ip with its state in dataDir (created on first
 // start) and reads the owner connection string and CA from there.
-func startHub(ctx context.Context, bin, dataDir, ip string, httpsPort int, logPath string) (*moatHub, error) {
+func startHub(ctx context.Context, bin, dataDir, ip string, httpsPort int, logPath string, extra ...string) (*moatHub, error) {
 	mqtts, mqtt, https, metrics := hubAddrs(ip, httpsPort)
 	cmd := exec.Command(bin, "serve", "--data-dir", dataDir, "--hostname", ip,
 		"--mqtt-addr", mqtts, "--https-addr", https, "--mqtt-plain-addr", mqtt,
 		"--metrics-addr", metrics, "--log-level", "info")
+	cmd.Args = append(cmd.Args, extra...)
 	s, err := startServer(ctx, "moat", cmd, logPath, "moat hub ready", "")
 	if err != nil {
 		return nil, err

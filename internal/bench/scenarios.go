@@ -28,7 +28,11 @@ import (
 const (
 	TargetMoatPlain = "moat-plain"
 	TargetMoatTLS   = "moat-tls"
-	TargetMosquitto = "mosquitto"
+	// The routed targets publish plain MQTT telemetry that routes send to
+	// one or three webhook endpoints served by the generator.
+	TargetMoatRouted1 = "moat-plain-routed-1"
+	TargetMoatRouted3 = "moat-plain-routed-3"
+	TargetMosquitto   = "mosquitto"
 	// TargetMosquittoSub1 is Mosquitto with its receiver subscribed at QoS 1,
 	// so that it also runs the acknowledged outbound flow.
 	TargetMosquittoSub1 = "mosquitto-sub-qos1"

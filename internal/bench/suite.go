@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -139,8 +140,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	hubData := filepath.Join(work, "hub")
+	fan, err := startWebhookFanIn(cfg.HubIP)
+	if err != nil {
+		return nil, err
+	}
+	defer fan.stop()
+	routedCfg := filepath.Join(work, "routed.json")
+	if err := writeRoutedConfig(routedCfg, fan.urls); err != nil {
+		return nil, err
+	}
 	logf("starting hub %s on %s", cfg.MoatBin, cfg.HubIP)
-	h, err := startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub.log"))
+	h, err := startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub.log"), "--config", routedCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -173,6 +183,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	targets := []d2cTarget{moatTarget(TargetMoatPlain, plain), moatTarget(TargetMoatTLS, secure)}
+	for _, n := range []int{1, routedEndpoints} {
+		tg := moatTarget(fmt.Sprintf("%s-routed-%d", TargetMoatPlain, n), plain)
+		tg.topic = func(i int) string { return "devices/" + deviceID(i) + "/messages/events/fan=" + strconv.Itoa(n) }
+		tg.receive = fan.receive(n)
+		targets = append(targets, tg)
+	}
 
 	var mosq *server
 	var sub1 *d2cTarget
@@ -333,8 +349,9 @@ func finish(rep *Report, started time.Time) *Report {
 
 var standardCaveats = []string{
 	"The generator, the hub and Mosquitto share the same cores; every figure includes the generator's own CPU cost, and anything else running on the machine (see loadAvg) makes them noisy.",
-	"Moat has no durable log or routing yet: a QoS 1 PUBACK means the message reached the hub's live events stream, not disk, so the 'durable QoS 1' bar is measured without durability.",
-	"Moat's end-to-end receiver is its live events stream (GET /moat/events, NDJSON over HTTPS). It is best effort: it skips messages for a slow reader and says how many (dropped); 'lost' counts only messages that vanished without such notice.",
+	"Moat acknowledges QoS 1 only once the message is in its durable log on disk (group-committed fsync); Mosquitto runs without persistence.",
+	"Routed runs (moat-plain-routed-N) carry fan=N and are routed to N webhook endpoints served by the generator on loopback (JSON batches over HTTP); a message counts as delivered once all N have it, and its latency is to the last one. Messages an endpoint gets twice count as duplicates.",
+	"The moat-plain and moat-tls runs read the live events stream (GET /moat/events, NDJSON over HTTPS), the fallback route's endpoint. It is best effort: it skips messages for a slow reader and says how many (dropped); 'lost' counts only messages that vanished without such notice.",
 	"Mosquitto's receiver is one MQTT subscriber to bench/# at QoS 0, like Moat's unacknowledged events stream; the mosquitto-sub-qos1 run subscribes at QoS 1 instead, which adds Mosquitto's acknowledged outbound flow.",
 	"QoS 1 rate = PUBACKs per second at the publishers (ingest); receive rate = first receipts per second at the receiver. The paced latency runs go at half of the lower of the two, the end-to-end peak.",
 	"Unpaced runs' latencies are queueing delay (the generator publishes as fast as it can); only the paced runs' latencies are meaningful.",
