@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -19,36 +22,89 @@ func endpointCmd() *cobra.Command {
 	health := &cobra.Command{
 		Use: "health", Short: "Show every endpoint's health (healthy, unhealthy, degraded, dead, unknown)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			base, hc, sign, err := t.management()
-			if err != nil {
-				return err
-			}
-			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, base+hub.EndpointHealthPath, nil)
-			if err != nil {
-				return err
-			}
-			if err := sign(req); err != nil {
-				return err
-			}
-			resp, err := hc.Do(req)
-			if err != nil {
-				return fmt.Errorf("endpoint health: %w", err)
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			if err != nil {
-				return fmt.Errorf("endpoint health: %w", err)
-			}
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("endpoint health: %s", resp.Status)
-			}
 			var out []endpoint.Health
-			if err := json.Unmarshal(body, &out); err != nil {
+			if err := t.call(cmd.Context(), http.MethodGet, hub.EndpointHealthPath, &out); err != nil {
 				return fmt.Errorf("endpoint health: %w", err)
 			}
 			return printJSON(cmd.OutOrStdout(), out)
 		},
 	}
-	c.AddCommand(health)
+	c.AddCommand(health, deadLettersCmd(t))
 	return c
+}
+
+func deadLettersCmd(t *target) *cobra.Command {
+	c := &cobra.Command{Use: "dead-letters", Short: "Messages an endpoint could not take within the retry period"}
+	var name string
+	var top int
+	list := &cobra.Command{
+		Use: "list", Short: "List an endpoint's dead letters, oldest first", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := hub.DeadLettersPrefix + url.PathEscape(name) + "/deadLetters"
+			if top > 0 {
+				path += "?top=" + strconv.Itoa(top)
+			}
+			var out []hub.DeadLetterView
+			if err := t.call(cmd.Context(), http.MethodGet, path, &out); err != nil {
+				return fmt.Errorf("dead letters of %s: %w", name, err)
+			}
+			return printJSON(cmd.OutOrStdout(), out)
+		},
+	}
+	list.Flags().IntVar(&top, "top", 0, "at most this many (default all)")
+	replay := &cobra.Command{
+		Use: "replay", Short: "Deliver an endpoint's dead letters again (to that endpoint only) and remove them", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out hub.ReplayResult
+			if err := t.call(cmd.Context(), http.MethodPost, hub.DeadLettersPrefix+url.PathEscape(name)+"/deadLetters/$replay", &out); err != nil {
+				return fmt.Errorf("replay dead letters of %s: %w", name, err)
+			}
+			return printJSON(cmd.OutOrStdout(), out)
+		},
+	}
+	for _, sub := range []*cobra.Command{list, replay} {
+		sub.Flags().StringVar(&name, "endpoint-name", "", "the endpoint (required)")
+		sub.Flags().StringVar(&name, "en", "", "short for --endpoint-name")
+		_ = sub.Flags().MarkHidden("en")
+		sub.PreRunE = func(*cobra.Command, []string) error {
+			if name == "" {
+				return fmt.Errorf("--endpoint-name is required")
+			}
+			return nil
+		}
+	}
+	c.AddCommand(list, replay)
+	return c
+}
+
+// call sends a management request and decodes the JSON answer into out.
+func (t *target) call(ctx context.Context, method, path string, out any) error {
+	base, hc, sign, err := t.management()
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, nil)
+	if err != nil {
+		return err
+	}
+	if err := sign(req); err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Message string }
+		if json.Unmarshal(body, &e) == nil && e.Message != "" {
+			return fmt.Errorf("%s: %s", resp.Status, e.Message)
+		}
+		return fmt.Errorf("%s", resp.Status)
+	}
+	return json.Unmarshal(body, out)
 }

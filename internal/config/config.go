@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -112,6 +113,16 @@ type Moat struct {
 	AllowLoopbackAdministration *bool `json:"allowLoopbackAdministration,omitempty"`
 	// DNS is the built-in private DNS server (off unless dns.listen is set).
 	DNS dnszone.Config `json:"dns"`
+	// Routing holds delivery settings IoT Hub fixes.
+	Routing MoatRouting `json:"routing"`
+}
+
+// MoatRouting tunes endpoint delivery.
+type MoatRouting struct {
+	// RetryPeriod is how long an endpoint retries a message before it goes
+	// to the endpoint's dead letters (Go duration, default "1h" like IoT
+	// Hub, which does not let it be changed).
+	RetryPeriod string `json:"retryPeriod,omitempty"`
 }
 
 // NetworkPolicy assembles the network properties for package netpolicy.
@@ -201,6 +212,11 @@ func (c *Config) Validate() error {
 			bad("properties."+fe.Path, "%s", fe.Msg)
 		} else {
 			bad("properties", "%v", err)
+		}
+	}
+	if rp := c.Moat.Routing.RetryPeriod; rp != "" {
+		if d, err := time.ParseDuration(rp); err != nil || d <= 0 {
+			bad("moat.routing.retryPeriod", "%q is not a positive duration (such as 1h, 10m or 90s)", rp)
 		}
 	}
 	seen := map[string]bool{}

@@ -139,6 +139,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			if !ok {
 				continue
 			}
+			if _, replayed := ReplayTarget(m); replayed {
+				m = WithoutReplayMark(m)
+			}
 			if len(enrich) > 0 {
 				props := make(map[string]string, len(m.Properties)+len(enrich))
 				for k, v := range m.Properties {

@@ -79,6 +79,11 @@ type Hub struct {
 	connSeq     atomic.Uint64 // sequence numbers of connection state events
 	workers     []*endpoint.Worker
 	deadLetters []*msglog.PebbleLog
+	// deadLetterLog is each custom endpoint's dead-letter store by name.
+	deadLetterLog map[string]*msglog.PebbleLog
+	// retryPeriod is how long endpoints retry before dead-lettering (0: the
+	// endpoint package's default, IoT Hub's hour).
+	retryPeriod time.Duration
 	methods     *methods.Invoker
 	broker      *mqttdevice.Broker
 	api         *serviceapi.Server
@@ -454,6 +459,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		mux.Handle(transport.WebSocketPath, transport.WebSocketHandler("wss", h.broker.ServeConn, h.log))
 		mux.Handle(dnszone.APIPrefix, h.dnsStore.Handler(h.authorizeManagement))
 		mux.Handle(EndpointHealthPath, h.endpointHealthHandler())
+		mux.Handle(DeadLettersPrefix, h.deadLettersHandler())
 		netAPI := h.networkAPI()
 		mux.Handle(netapi.Prefix, netAPI)
 		mux.Handle(netapi.Prefix+"/", netAPI)

@@ -39,8 +39,19 @@ func (h *Hub) buildRouting() error {
 		return err
 	}
 	needsTwin := routerNeedsTwin(rc)
+	h.deadLetterLog = map[string]*msglog.PebbleLog{}
+	if p := h.cfg.Moat.Routing.RetryPeriod; p != "" {
+		d, err := time.ParseDuration(p)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("moat.routing.retryPeriod %q: want a positive duration such as 1h or 90s", p)
+		}
+		h.retryPeriod = d
+	}
 	selectFor := func(name string) endpoint.Select {
 		return func(m message.Message) (bool, map[string]string) {
+			if to, ok := endpoint.ReplayTarget(m); ok {
+				return to == name, nil // a dead letter put back for one endpoint
+			}
 			in := routing.Input{Source: routing.SourceOf(m), Message: m}
 			if needsTwin {
 				in.Twin = h.senderTwin(m)
@@ -61,10 +72,11 @@ func (h *Hub) buildRouting() error {
 				return fmt.Errorf("dead letters of %s: %w", name, err)
 			}
 			h.deadLetters = append(h.deadLetters, d)
+			h.deadLetterLog[name] = d
 			dead = d
 		}
 		h.workers = append(h.workers, endpoint.NewWorker(endpoint.Config{
-			Name: name, Log: h.msglog, Sink: sink, Select: selectFor(name), DeadLetters: dead,
+			Name: name, Log: h.msglog, Sink: sink, Select: selectFor(name), DeadLetters: dead, RetryPeriod: h.retryPeriod,
 			Logger: h.log.With("component", "endpoint", "endpoint", name),
 		}))
 		return nil
