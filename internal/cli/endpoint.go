@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,13 +24,23 @@ func endpointCmd() *cobra.Command {
 		Use: "health", Short: "Show every endpoint's health (healthy, unhealthy, degraded, dead, unknown)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var out []endpoint.Health
-			if err := t.call(cmd.Context(), http.MethodGet, hub.EndpointHealthPath, &out); err != nil {
+			if err := t.call(cmd.Context(), http.MethodGet, hub.EndpointHealthPath, nil, &out); err != nil {
 				return fmt.Errorf("endpoint health: %w", err)
 			}
 			return printJSON(cmd.OutOrStdout(), out)
 		},
 	}
-	c.AddCommand(health, deadLettersCmd(t))
+	list := &cobra.Command{
+		Use: "list", Short: "List the endpoints (name and type; settings stay on the hub, since they hold credentials)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var v hub.RoutingView
+			if err := t.call(cmd.Context(), http.MethodGet, hub.RoutingPath, nil, &v); err != nil {
+				return fmt.Errorf("endpoint list: %w", err)
+			}
+			return printJSON(cmd.OutOrStdout(), v.Endpoints)
+		},
+	}
+	c.AddCommand(list, health, deadLettersCmd(t))
 	return c
 }
 
@@ -45,7 +56,7 @@ func deadLettersCmd(t *target) *cobra.Command {
 				path += "?top=" + strconv.Itoa(top)
 			}
 			var out []hub.DeadLetterView
-			if err := t.call(cmd.Context(), http.MethodGet, path, &out); err != nil {
+			if err := t.call(cmd.Context(), http.MethodGet, path, nil, &out); err != nil {
 				return fmt.Errorf("dead letters of %s: %w", name, err)
 			}
 			return printJSON(cmd.OutOrStdout(), out)
@@ -56,7 +67,7 @@ func deadLettersCmd(t *target) *cobra.Command {
 		Use: "replay", Short: "Deliver an endpoint's dead letters again (to that endpoint only) and remove them", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var out hub.ReplayResult
-			if err := t.call(cmd.Context(), http.MethodPost, hub.DeadLettersPrefix+url.PathEscape(name)+"/deadLetters/$replay", &out); err != nil {
+			if err := t.call(cmd.Context(), http.MethodPost, hub.DeadLettersPrefix+url.PathEscape(name)+"/deadLetters/$replay", nil, &out); err != nil {
 				return fmt.Errorf("replay dead letters of %s: %w", name, err)
 			}
 			return printJSON(cmd.OutOrStdout(), out)
@@ -77,15 +88,27 @@ func deadLettersCmd(t *target) *cobra.Command {
 	return c
 }
 
-// call sends a management request and decodes the JSON answer into out.
-func (t *target) call(ctx context.Context, method, path string, out any) error {
+// call sends a management request, with in as its JSON body when not nil,
+// and decodes the JSON answer into out.
+func (t *target) call(ctx context.Context, method, path string, in, out any) error {
 	base, hc, sign, err := t.management()
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, base+path, nil)
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if err := sign(req); err != nil {
 		return err
@@ -95,16 +118,16 @@ func (t *target) call(ctx context.Context, method, path string, out any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Message string }
-		if json.Unmarshal(body, &e) == nil && e.Message != "" {
+		if json.Unmarshal(answer, &e) == nil && e.Message != "" {
 			return fmt.Errorf("%s: %s", resp.Status, e.Message)
 		}
 		return fmt.Errorf("%s", resp.Status)
 	}
-	return json.Unmarshal(body, out)
+	return json.Unmarshal(answer, out)
 }

@@ -41,6 +41,7 @@ import (
 	"github.com/moat-iot/moat/internal/pki"
 	"github.com/moat-iot/moat/internal/registry"
 	"github.com/moat-iot/moat/internal/registry/sqlitestore"
+	"github.com/moat-iot/moat/internal/routing"
 	"github.com/moat-iot/moat/internal/sas"
 	"github.com/moat-iot/moat/internal/serviceapi"
 	"github.com/moat-iot/moat/internal/session"
@@ -79,6 +80,7 @@ type Hub struct {
 	connSeq     atomic.Uint64 // sequence numbers of connection state events
 	workers     []*endpoint.Worker
 	deadLetters []*msglog.PebbleLog
+	router      *routing.Router
 	// deadLetterLog is each custom endpoint's dead-letter store by name.
 	deadLetterLog map[string]*msglog.PebbleLog
 	// retryPeriod is how long endpoints retry before dead-lettering (0: the
@@ -460,6 +462,8 @@ func (h *Hub) Run(ctx context.Context) error {
 		mux.Handle(dnszone.APIPrefix, h.dnsStore.Handler(h.authorizeManagement))
 		mux.Handle(EndpointHealthPath, h.endpointHealthHandler())
 		mux.Handle(DeadLettersPrefix, h.deadLettersHandler())
+		mux.Handle(RoutingPath, h.routingHandler())
+		mux.Handle(RoutingPath+"/", h.routingHandler())
 		netAPI := h.networkAPI()
 		mux.Handle(netapi.Prefix, netAPI)
 		mux.Handle(netapi.Prefix+"/", netAPI)

@@ -38,6 +38,7 @@ func (h *Hub) buildRouting() error {
 	if err != nil {
 		return err
 	}
+	h.router = router
 	needsTwin := routerNeedsTwin(rc)
 	h.deadLetterLog = map[string]*msglog.PebbleLog{}
 	if p := h.cfg.Moat.Routing.RetryPeriod; p != "" {

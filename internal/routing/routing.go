@@ -376,3 +376,68 @@ func matchFilter(filter, topic string) bool {
 	}
 	return len(fl) == len(tl)
 }
+
+// TestRoute evaluates one route, compiled on its own, against a sample
+// message, as IoT Hub's "test route" does: True, False or Undefined (a
+// condition that yields no Boolean). A route of another source, a disabled
+// one or a topic filter that does not match is False. A condition that does
+// not compile is the error (with its position).
+func TestRoute(rt Route, in Input) (query.Truth, error) {
+	if rt.Source != in.Source {
+		return query.False, nil
+	}
+	if rt.TopicFilter != "" && !matchFilter(rt.TopicFilter, in.Message.System[message.SysMQTTTopic]) {
+		return query.False, nil
+	}
+	if strings.TrimSpace(rt.Condition) == "" {
+		return query.True, nil
+	}
+	c, err := query.ParseCondition(rt.Condition)
+	if err != nil {
+		return query.Undefined, err
+	}
+	return c.Evaluate(newEnv(in)), nil
+}
+
+// Routes returns the compiled routes (in order) and the fallback route.
+func (r *Router) Routes() ([]Route, *Route) {
+	out := make([]Route, len(r.routes))
+	for i, c := range r.routes {
+		out[i] = c.Route
+	}
+	if r.fallback == nil {
+		return out, nil
+	}
+	fb := r.fallback.Route
+	return out, &fb
+}
+
+// Matching returns the enabled routes of in's source that a message
+// matches (IoT Hub's "test all routes").
+func (r *Router) Matching(in Input) []Route {
+	env := newEnv(in)
+	var out []Route
+	for i := range r.routes {
+		rt := &r.routes[i]
+		if !rt.IsEnabled || rt.Source != in.Source {
+			continue
+		}
+		if rt.TopicFilter != "" && !matchFilter(rt.TopicFilter, in.Message.System[message.SysMQTTTopic]) {
+			continue
+		}
+		if rt.cond == nil || rt.cond.Match(env) {
+			out = append(out, rt.Route)
+		}
+	}
+	return out
+}
+
+// SystemPropertyName maps a system property as routing queries name it
+// (contentType, connectionDeviceId, with or without '$') to its wire name
+// (content-type, iothub-connection-device-id); other names are kept.
+func SystemPropertyName(name string) string {
+	if wire, ok := systemNames[strings.ToLower(strings.TrimPrefix(name, "$"))]; ok {
+		return wire
+	}
+	return name
+}
