@@ -72,6 +72,8 @@ type RoutingEndpoints struct {
 	NATS        []endpoint.NATSConfig       `json:"nats,omitempty"`
 	EventHubs   []endpoint.EventHubConfig   `json:"eventHubs,omitempty"`
 	Kafka       []endpoint.KafkaConfig      `json:"kafka,omitempty"`
+	// StorageContainers are IoT Hub's storage container endpoints (blobs).
+	StorageContainers []endpoint.StorageContainerConfig `json:"storageContainers,omitempty"`
 }
 
 // EndpointNames lists every custom endpoint's name.
@@ -91,6 +93,9 @@ func (r Routing) EndpointNames() []string {
 	}
 	for _, k := range r.Endpoints.Kafka {
 		out = append(out, k.Name)
+	}
+	for _, sc := range r.Endpoints.StorageContainers {
+		out = append(out, sc.Name)
 	}
 	return out
 }
@@ -296,6 +301,13 @@ func (c *Config) Validate() error {
 		path := fmt.Sprintf("properties.routing.endpoints.kafka[%d]", i)
 		endpointName(path, k.Name)
 		for _, pr := range k.Problems() {
+			bad(path+"."+pr.Field, "%s", pr.Msg)
+		}
+	}
+	for i, sc := range p.Routing.Endpoints.StorageContainers {
+		path := fmt.Sprintf("properties.routing.endpoints.storageContainers[%d]", i)
+		endpointName(path, sc.Name)
+		for _, pr := range sc.Problems() {
 			bad(path+"."+pr.Field, "%s", pr.Msg)
 		}
 	}

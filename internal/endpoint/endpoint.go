@@ -3,8 +3,10 @@
 // router sends to it, and hands batches to the endpoint's Sink, retrying with
 // exponential backoff for the retry period and then moving the messages to the
 // endpoint's dead letters. The cursor advances only past what was delivered or
-// dead-lettered, so delivery is at least once across crashes. Workers keep
-// IoT Hub's endpoint health (healthy, unhealthy, degraded, dead, unknown).
+// dead-lettered, so delivery is at least once across crashes. Sinks that
+// write in units (a blob per time window) implement Batcher; the worker then
+// commits its cursor only when a unit is committed. Workers keep IoT Hub's
+// endpoint health (healthy, unhealthy, degraded, dead, unknown).
 package endpoint
 
 import (
@@ -23,6 +25,33 @@ import (
 type Sink interface {
 	Send(ctx context.Context, batch []message.Message) error
 	Close() error
+}
+
+// Batcher is a Sink that collects messages into units it commits as a whole,
+// like IoT Hub's storage endpoints (a blob per batch window). For a Batcher
+// the worker calls Stage and Flush instead of Send, and advances its cursor
+// only past messages whose unit was flushed: after a crash or a shutdown
+// (which never flushes a half window) the unflushed messages are read from
+// the log and staged again, so delivery stays at least once.
+type Batcher interface {
+	Sink
+	// Stage adds messages, in order, to the pending unit and returns how many
+	// it took. Fewer than len(batch) means the unit is full: the worker
+	// flushes it and stages the rest into the next unit. With an empty
+	// pending unit Stage takes at least one message. A failed Stage took
+	// none, and the worker stages the same messages again.
+	Stage(ctx context.Context, batch []message.Message) (int, error)
+	// FlushDue is when the pending unit must be flushed (the end of the
+	// current window), also when it is empty; zero means no deadline. The
+	// worker reads it before it waits for the log, so until the next Stage
+	// or Flush it may move later but not earlier.
+	FlushDue() time.Time
+	// Flush commits the pending unit, which may be empty, and starts the next.
+	// A failed Flush is tried again with the same unit.
+	Flush(ctx context.Context) error
+	// Discard drops the pending unit: the worker gave up flushing it and
+	// dead-lettered its messages.
+	Discard()
 }
 
 // Health states, as IoT Hub reports them.
@@ -117,6 +146,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return w.stopped(ctx, fmt.Errorf("endpoint %s: read cursor: %w", w.cfg.Name, err))
 	}
+	if b, ok := w.cfg.Sink.(Batcher); ok {
+		return w.stopped(ctx, w.runBatcher(ctx, b, next))
+	}
 	for {
 		recs, err := w.cfg.Log.Read(ctx, next, w.cfg.BatchSize)
 		if err != nil {
@@ -128,32 +160,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		batch := make([]message.Message, 0, len(recs))
-		for _, r := range recs {
-			m, err := msglog.DecodeMessage(r.Data)
-			if err != nil {
-				w.cfg.Logger.Error("undecodable log record skipped", "endpoint", w.cfg.Name, "offset", r.Offset, "error", err)
-				continue
-			}
-			ok, enrich := w.cfg.Select(m)
-			if !ok {
-				continue
-			}
-			if _, replayed := ReplayTarget(m); replayed {
-				m = WithoutReplayMark(m)
-			}
-			if len(enrich) > 0 {
-				props := make(map[string]string, len(m.Properties)+len(enrich))
-				for k, v := range m.Properties {
-					props[k] = v
-				}
-				for k, v := range enrich {
-					props[k] = v
-				}
-				m.Properties = props
-			}
-			batch = append(batch, m)
-		}
+		batch, _ := w.selectRecords(recs)
 		if len(batch) > 0 {
 			if err := w.deliver(ctx, batch); err != nil {
 				return w.stopped(ctx, err)
@@ -166,6 +173,40 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
+// selectRecords decodes log records and keeps the messages routed to this
+// endpoint, enriched, with their offsets.
+func (w *Worker) selectRecords(recs []msglog.Record) ([]message.Message, []uint64) {
+	batch := make([]message.Message, 0, len(recs))
+	offs := make([]uint64, 0, len(recs))
+	for _, r := range recs {
+		m, err := msglog.DecodeMessage(r.Data)
+		if err != nil {
+			w.cfg.Logger.Error("undecodable log record skipped", "endpoint", w.cfg.Name, "offset", r.Offset, "error", err)
+			continue
+		}
+		ok, enrich := w.cfg.Select(m)
+		if !ok {
+			continue
+		}
+		if _, replayed := ReplayTarget(m); replayed {
+			m = WithoutReplayMark(m)
+		}
+		if len(enrich) > 0 {
+			props := make(map[string]string, len(m.Properties)+len(enrich))
+			for k, v := range m.Properties {
+				props[k] = v
+			}
+			for k, v := range enrich {
+				props[k] = v
+			}
+			m.Properties = props
+		}
+		batch = append(batch, m)
+		offs = append(offs, r.Offset)
+	}
+	return batch, offs
+}
+
 func (w *Worker) stopped(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return nil
@@ -173,41 +214,221 @@ func (w *Worker) stopped(ctx context.Context, err error) error {
 	return err
 }
 
+// runBatcher delivers to a Batcher. The log between the committed cursor and
+// end holds the pending unit's messages (and records not routed here): they
+// are staged but not yet committed by the sink, so the cursor stays at the
+// unit's start until Flush succeeds.
+func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
+	committed, end := next, next
+	staged := 0 // messages in the pending unit
+	commit := func(to uint64) error {
+		if to == committed {
+			return nil
+		}
+		if err := w.cfg.Log.Commit(ctx, w.Consumer(), to); err != nil {
+			return fmt.Errorf("endpoint %s: commit cursor: %w", w.cfg.Name, err)
+		}
+		committed = to
+		return nil
+	}
+	flush := func() error {
+		if err := w.flushUnit(ctx, b, committed, end); err != nil {
+			return err
+		}
+		staged = 0
+		return commit(end)
+	}
+	for {
+		due := b.FlushDue()
+		if !due.IsZero() && !w.cfg.Now().Before(due) {
+			if err := flush(); err != nil {
+				return err
+			}
+			continue
+		}
+		recs, err := w.cfg.Log.Read(ctx, end, w.cfg.BatchSize)
+		if err != nil {
+			return fmt.Errorf("endpoint %s: read log: %w", w.cfg.Name, err)
+		}
+		if len(recs) == 0 {
+			if err := w.waitLog(ctx, end-1, due); err != nil {
+				return err
+			}
+			continue
+		}
+		batch, offs := w.selectRecords(recs)
+		for len(batch) > 0 {
+			n, gaveUp, err := w.stage(ctx, b, batch)
+			if err != nil {
+				return err
+			}
+			if gaveUp != nil {
+				// Storage stayed unreachable for the retry period: the
+				// pending unit and this batch go to the dead letters.
+				if err := w.deadLetterRange(ctx, committed, end, batch, gaveUp); err != nil {
+					return err
+				}
+				b.Discard()
+				staged = 0
+				break
+			}
+			if n == 0 && staged == 0 {
+				return fmt.Errorf("endpoint %s: sink staged nothing into an empty unit", w.cfg.Name)
+			}
+			if n > 0 {
+				end = offs[n-1] + 1
+				staged += n
+			}
+			if n == len(batch) {
+				break
+			}
+			if err := flush(); err != nil { // the unit is full
+				return err
+			}
+			batch, offs = batch[n:], offs[n:]
+		}
+		end = recs[len(recs)-1].Offset + 1
+		if staged == 0 {
+			if err := commit(end); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// waitLog waits for a record after offset, or until deadline (when set).
+func (w *Worker) waitLog(ctx context.Context, after uint64, deadline time.Time) error {
+	wctx := ctx
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, deadline.Sub(w.cfg.Now()))
+		defer cancel()
+	}
+	err := w.cfg.Log.Wait(wctx, after)
+	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+		return nil // the deadline: time to flush
+	}
+	return err
+}
+
+// stage stages batch, retrying like deliver; gaveUp is set when the retry
+// period ran out.
+func (w *Worker) stage(ctx context.Context, b Batcher, batch []message.Message) (n int, gaveUp, err error) {
+	gaveUp, err = w.attempt(ctx, func() error {
+		var err error
+		n, err = b.Stage(ctx, batch)
+		return err
+	})
+	return n, gaveUp, err
+}
+
+// flushUnit flushes the pending unit, retrying like deliver; when the retry
+// period runs out it dead-letters the unit's messages, read again from the
+// log between from and to, and discards the unit.
+func (w *Worker) flushUnit(ctx context.Context, b Batcher, from, to uint64) error {
+	gaveUp, err := w.attempt(ctx, func() error { return b.Flush(ctx) })
+	if err != nil {
+		return err
+	}
+	if gaveUp == nil {
+		return nil
+	}
+	if err := w.deadLetterRange(ctx, from, to, nil, gaveUp); err != nil {
+		return err
+	}
+	b.Discard()
+	return nil
+}
+
+// deadLetterRange dead-letters the messages routed here between offsets from
+// and to (selected again, so routing sees the twin as it is now), then extra.
+func (w *Worker) deadLetterRange(ctx context.Context, from, to uint64, extra []message.Message, cause error) error {
+	count := 0
+	for from < to {
+		recs, err := w.cfg.Log.Read(ctx, from, w.cfg.BatchSize)
+		if err != nil {
+			return fmt.Errorf("endpoint %s: read log for dead letters: %w", w.cfg.Name, err)
+		}
+		for len(recs) > 0 && recs[len(recs)-1].Offset >= to {
+			recs = recs[:len(recs)-1]
+		}
+		if len(recs) == 0 {
+			break
+		}
+		batch, _ := w.selectRecords(recs)
+		if err := w.writeDeadLetters(ctx, batch, cause); err != nil {
+			return err
+		}
+		count += len(batch)
+		from = recs[len(recs)-1].Offset + 1
+	}
+	if err := w.writeDeadLetters(ctx, extra, cause); err != nil {
+		return err
+	}
+	w.markDead(count+len(extra), cause)
+	return nil
+}
+
 // deliver sends a batch until it succeeds, or dead-letters it once the retry
 // period has passed. It returns an error only when ctx ends or the dead
 // letters cannot be written; then the cursor stays put.
 func (w *Worker) deliver(ctx context.Context, batch []message.Message) error {
+	gaveUp, err := w.attempt(ctx, func() error { return w.cfg.Sink.Send(ctx, batch) })
+	if err != nil {
+		return err
+	}
+	if gaveUp != nil {
+		return w.deadLetter(ctx, batch, gaveUp)
+	}
+	return nil
+}
+
+// attempt runs op until it succeeds, with exponential backoff, keeping the
+// endpoint's health. When op has failed for the whole retry period it returns
+// op's last error as gaveUp; err is set only when ctx ended.
+func (w *Worker) attempt(ctx context.Context, op func() error) (gaveUp, err error) {
 	first := time.Time{}
 	backoff := w.cfg.MinBackoff
 	for {
 		now := w.cfg.Now()
-		err := w.cfg.Sink.Send(ctx, batch)
+		err := op()
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 		if err == nil {
 			w.succeeded(now)
-			return nil
+			return nil, nil
 		}
 		if first.IsZero() {
 			first = now
 		}
 		w.failed(now, err)
 		if now.Sub(first) >= w.cfg.RetryPeriod {
-			return w.deadLetter(ctx, batch, err)
+			return err, nil
 		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 		backoff = min(backoff*2, w.cfg.MaxBackoff)
 	}
 }
 
 func (w *Worker) deadLetter(ctx context.Context, batch []message.Message, cause error) error {
+	if err := w.writeDeadLetters(ctx, batch, cause); err != nil {
+		return err
+	}
+	w.markDead(len(batch), cause)
+	return nil
+}
+
+func (w *Worker) writeDeadLetters(ctx context.Context, batch []message.Message, cause error) error {
+	if len(batch) == 0 {
+		return nil
+	}
 	if w.cfg.DeadLetters == nil {
 		return fmt.Errorf("endpoint %s: retry period exceeded and no dead-letter store: %w", w.cfg.Name, cause)
 	}
@@ -220,12 +441,20 @@ func (w *Worker) deadLetter(ctx context.Context, batch []message.Message, cause 
 			return fmt.Errorf("endpoint %s: write dead letter: %w", w.cfg.Name, err)
 		}
 	}
-	w.cfg.Logger.Warn("messages dead-lettered after the retry period", "endpoint", w.cfg.Name, "count", len(batch), "error", cause.Error())
+	return nil
+}
+
+func (w *Worker) markDead(count int, cause error) {
+	if count == 0 {
+		// A Batcher's empty unit (a window without messages) was not written.
+		w.cfg.Logger.Warn("empty unit abandoned after the retry period", "endpoint", w.cfg.Name, "error", cause.Error())
+	} else {
+		w.cfg.Logger.Warn("messages dead-lettered after the retry period", "endpoint", w.cfg.Name, "count", count, "error", cause.Error())
+	}
 	w.mu.Lock()
 	w.health.HealthStatus = Dead
 	w.successes = 0
 	w.mu.Unlock()
-	return nil
 }
 
 func (w *Worker) succeeded(at time.Time) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -224,5 +225,256 @@ func TestTrimBehindSlowestWorker(t *testing.T) {
 	recs, _ := log.Read(ctx, 1, 100)
 	if len(recs) != 7 || recs[0].Offset != 4 {
 		t.Fatalf("after trim the log starts at %d with %d records", recs[0].Offset, len(recs))
+	}
+}
+
+// memBatcher is a Batcher that keeps its units in memory: the worker's
+// side of the contract is what these tests exercise (the storage sink's
+// side runs against Azurite in blob_azurite_test.go).
+type memBatcher struct {
+	mu        sync.Mutex
+	capacity  int       // messages per unit; 0 is unlimited
+	due       time.Time // FlushDue
+	pending   []message.Message
+	units     [][]message.Message
+	stageFail int // the next Stage calls that fail
+	flushFail int // the next Flush calls that fail; <0 forever
+	flushes   int
+	discards  int
+	greedy    bool // violates the contract: takes nothing into an empty unit
+}
+
+func (b *memBatcher) Send(context.Context, []message.Message) error {
+	return fmt.Errorf("Send called on a Batcher")
+}
+func (b *memBatcher) Close() error { return nil }
+
+func (b *memBatcher) Stage(_ context.Context, batch []message.Message) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stageFail > 0 {
+		b.stageFail--
+		return 0, fmt.Errorf("stage refused")
+	}
+	if b.greedy {
+		return 0, nil
+	}
+	n := len(batch)
+	if b.capacity > 0 {
+		n = min(n, b.capacity-len(b.pending))
+	}
+	b.pending = append(b.pending, batch[:n]...)
+	return n, nil
+}
+
+func (b *memBatcher) FlushDue() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.due
+}
+
+func (b *memBatcher) Flush(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.flushes++
+	if b.flushFail != 0 {
+		if b.flushFail > 0 {
+			b.flushFail--
+		}
+		return fmt.Errorf("commit refused")
+	}
+	if len(b.pending) > 0 {
+		b.units = append(b.units, b.pending)
+	}
+	b.pending = nil
+	b.due = time.Now().Add(time.Hour)
+	return nil
+}
+
+func (b *memBatcher) Discard() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.discards++
+	b.pending = nil
+	b.due = time.Now().Add(time.Hour)
+}
+
+func (b *memBatcher) set(f func(b *memBatcher)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f(b)
+}
+
+func (b *memBatcher) committed() (units [][]message.Message, pending int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([][]message.Message(nil), b.units...), len(b.pending)
+}
+
+func startWorker(t *testing.T, cfg Config) (*Worker, func() error) {
+	t.Helper()
+	if cfg.Select == nil {
+		cfg.Select = func(m message.Message) (bool, map[string]string) { return m.Properties["tag"] != "skip", nil }
+	}
+	cfg.Name, cfg.MinBackoff, cfg.MaxBackoff = "batch", time.Millisecond, 5*time.Millisecond
+	w := NewWorker(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	stopped := false
+	var result error
+	stop := func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			result = <-done
+		}
+		return result
+	}
+	t.Cleanup(func() { _ = stop() })
+	return w, stop
+}
+
+func TestWorkerBatcherCommitsCursorWithTheUnit(t *testing.T) {
+	log := msglog.NewMemory()
+	b := &memBatcher{due: time.Now().Add(time.Hour)}
+	appendN(t, log, 5, "a")
+	appendN(t, log, 3, "skip")
+	appendN(t, log, 4, "a")
+	w, stop := startWorker(t, Config{Log: log, Sink: b, BatchSize: 4})
+	waitFor(t, "9 staged", func() bool { _, p := b.committed(); return p == 9 })
+	time.Sleep(50 * time.Millisecond)
+	if c, _ := log.Cursor(context.Background(), w.Consumer()); c != 1 {
+		t.Fatalf("cursor %d before the unit was flushed", c)
+	}
+	// The worker reads FlushDue before it waits: a new record wakes it.
+	b.set(func(b *memBatcher) { b.due = time.Now() })
+	appendN(t, log, 1, "skip")
+	waitFor(t, "the cursor past the unit", func() bool {
+		c, _ := log.Cursor(context.Background(), w.Consumer())
+		return c == 14
+	})
+	units, _ := b.committed()
+	if len(units) != 1 || len(units[0]) != 9 {
+		t.Fatalf("units %v", units)
+	}
+	// With nothing pending, skipped records move the cursor at once.
+	appendN(t, log, 2, "skip")
+	waitFor(t, "the cursor past skipped records", func() bool {
+		c, _ := log.Cursor(context.Background(), w.Consumer())
+		return c == 16
+	})
+	// Shutdown does not flush a half unit; the cursor stays at its start.
+	appendN(t, log, 3, "a")
+	waitFor(t, "3 staged", func() bool { _, p := b.committed(); return p == 3 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := log.Cursor(context.Background(), w.Consumer()); c != 16 {
+		t.Fatalf("cursor %d after shutdown mid-unit", c)
+	}
+	if b.flushes != 1 {
+		t.Fatalf("%d flushes; shutdown must not flush", b.flushes)
+	}
+	if h := w.Health(); h.HealthStatus != Healthy {
+		t.Fatalf("health %+v", h)
+	}
+}
+
+func TestWorkerBatcherFullUnits(t *testing.T) {
+	log := msglog.NewMemory()
+	b := &memBatcher{capacity: 4, due: time.Now().Add(time.Hour)}
+	appendN(t, log, 3, "a")
+	appendN(t, log, 2, "skip")
+	appendN(t, log, 8, "a")
+	w, _ := startWorker(t, Config{Log: log, Sink: b, BatchSize: 7})
+	// 11 messages in units of 4: two full units flushed, 3 pending.
+	waitFor(t, "two full units", func() bool { u, p := b.committed(); return len(u) == 2 && p == 3 })
+	units, _ := b.committed()
+	var got []string
+	for _, u := range units {
+		for _, m := range u {
+			got = append(got, string(m.Body))
+		}
+	}
+	want := []string{`{"n":0,"tag":"a"}`, `{"n":1,"tag":"a"}`, `{"n":2,"tag":"a"}`, `{"n":0,"tag":"a"}`,
+		`{"n":1,"tag":"a"}`, `{"n":2,"tag":"a"}`, `{"n":3,"tag":"a"}`, `{"n":4,"tag":"a"}`}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("units %v", got)
+	}
+	// The cursor is just past the second unit's last message (offset 10).
+	time.Sleep(20 * time.Millisecond)
+	if c, _ := log.Cursor(context.Background(), w.Consumer()); c != 11 {
+		t.Fatalf("cursor %d, want 11", c)
+	}
+}
+
+func TestWorkerBatcherRetriesAndDeadLetters(t *testing.T) {
+	log, dead := msglog.NewMemory(), msglog.NewMemory()
+	b := &memBatcher{due: time.Now().Add(time.Hour), stageFail: 3, flushFail: 2}
+	appendN(t, log, 6, "a")
+	tags := map[string]string{}
+	var tagsMu sync.Mutex
+	w, _ := startWorker(t, Config{Log: log, Sink: b, DeadLetters: dead, RetryPeriod: 100 * time.Millisecond,
+		Select: func(m message.Message) (bool, map[string]string) {
+			tagsMu.Lock()
+			defer tagsMu.Unlock()
+			return m.Properties["tag"] != "skip", map[string]string{"route": tags["route"]}
+		}})
+	waitFor(t, "6 staged after failed stages", func() bool { _, p := b.committed(); return p == 6 })
+	if h := w.Health(); h.HealthStatus != Degraded || !strings.Contains(h.LastKnownError, "stage refused") {
+		t.Fatalf("health after failed stages: %+v", h)
+	}
+	// Failed flushes are retried with the same unit.
+	b.set(func(b *memBatcher) { b.due = time.Now() })
+	appendN(t, log, 1, "skip") // wakes the worker
+	waitFor(t, "the unit after failed flushes", func() bool { u, _ := b.committed(); return len(u) == 1 })
+	if units, _ := b.committed(); len(units[0]) != 6 {
+		t.Fatalf("unit of %d", len(units[0]))
+	}
+	// A flush that fails for the retry period dead-letters the unit, read
+	// again from the log and routed again (the enrichment is the current one).
+	tagsMu.Lock()
+	tags["route"] = "second"
+	tagsMu.Unlock()
+	appendN(t, log, 2, "skip")
+	appendN(t, log, 4, "b")
+	waitFor(t, "4 staged", func() bool { _, p := b.committed(); return p == 4 })
+	b.set(func(b *memBatcher) { b.flushFail, b.due = -1, time.Now() })
+	appendN(t, log, 1, "skip")
+	waitFor(t, "dead letters", func() bool { return dead.Last() == 4 })
+	waitFor(t, "cursor past the dead letters", func() bool {
+		c, _ := log.Cursor(context.Background(), w.Consumer())
+		return c == 15
+	})
+	recs, _ := dead.Read(context.Background(), 1, 10)
+	for i, r := range recs {
+		m, _ := msglog.DecodeMessage(r.Data)
+		if m.Properties["tag"] != "b" || m.Properties["route"] != "second" || string(m.Body) != fmt.Sprintf(`{"n":%d,"tag":"b"}`, i) {
+			t.Fatalf("dead letter %d: %s %v", i, m.Body, m.Properties)
+		}
+	}
+	if h := w.Health(); h.HealthStatus != Dead || b.discards != 1 {
+		t.Fatalf("health %+v, %d discards", h, b.discards)
+	}
+	// A stage that fails for the retry period dead-letters the batch too.
+	b.set(func(b *memBatcher) { b.flushFail, b.stageFail, b.due = 0, 1<<30, time.Now().Add(time.Hour) })
+	appendN(t, log, 3, "c")
+	waitFor(t, "dead letters of the batch", func() bool { return dead.Last() == 7 })
+	waitFor(t, "cursor past them", func() bool {
+		c, _ := log.Cursor(context.Background(), w.Consumer())
+		return c == 18
+	})
+}
+
+func TestWorkerBatcherContract(t *testing.T) {
+	log := msglog.NewMemory()
+	appendN(t, log, 1, "a")
+	w := NewWorker(Config{Name: "batch", Log: log, Sink: &memBatcher{greedy: true},
+		Select: func(message.Message) (bool, map[string]string) { return true, nil }})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.Run(ctx); err == nil || !strings.Contains(err.Error(), "staged nothing into an empty unit") {
+		t.Fatalf("Run: %v", err)
 	}
 }

@@ -85,7 +85,7 @@ func (h *Hub) buildRouting() error {
 	if err := add(routing.BuiltInEvents, eventsSink{h.events}); err != nil {
 		return err
 	}
-	sinks, err := customSinks(rc.Endpoints)
+	sinks, err := customSinks(rc.Endpoints, h.hubName())
 	if err != nil {
 		return err
 	}

@@ -209,5 +209,8 @@ func (h *Hub) endpointViews() []EndpointView {
 	for _, e := range eps.Kafka {
 		out = append(out, EndpointView{e.Name, "kafka"})
 	}
+	for _, e := range eps.StorageContainers {
+		out = append(out, EndpointView{e.Name, "storageContainer"})
+	}
 	return out
 }

@@ -13,7 +13,7 @@ type namedSink struct {
 
 // customSinks builds the sink of every custom endpoint, one kind after
 // another, in the order the configuration lists them.
-func customSinks(eps config.RoutingEndpoints) ([]namedSink, error) {
+func customSinks(eps config.RoutingEndpoints, hubName string) ([]namedSink, error) {
 	var out []namedSink
 	for _, w := range eps.WebHooks {
 		out = append(out, namedSink{w.Name, endpoint.NewWebhook(w, nil)})
@@ -45,6 +45,14 @@ func customSinks(eps config.RoutingEndpoints) ([]namedSink, error) {
 			return nil, err
 		}
 		out = append(out, namedSink{k.Name, sink})
+	}
+	for _, sc := range eps.StorageContainers {
+		sc.HubName = hubName // {iothub} in blob names
+		sink, err := endpoint.NewStorageContainer(sc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, namedSink{sc.Name, sink})
 	}
 	return out, nil
 }
