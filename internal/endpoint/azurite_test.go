@@ -24,7 +24,7 @@ const azuriteKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6
 // azurite is one Azurite blob service on 127.0.0.1, keeping its data in a
 // temporary directory so that it survives Stop and Start.
 type azurite struct {
-	t    *testing.T
+	t    testing.TB
 	bin  string
 	dir  string
 	port int
@@ -34,7 +34,7 @@ type azurite struct {
 
 // azuriteBinary finds test/e2e/node_modules/.bin/azurite-blob above the
 // package directory. Without it the test is skipped, unless CI is set.
-func azuriteBinary(t *testing.T) string {
+func azuriteBinary(t testing.TB) string {
 	t.Helper()
 	dir, err := os.Getwd()
 	if err != nil {
@@ -62,7 +62,7 @@ func azuriteBinary(t *testing.T) string {
 }
 
 // startAzurite starts Azurite on a free loopback port; t.Cleanup stops it.
-func startAzurite(t *testing.T) *azurite {
+func startAzurite(t testing.TB) *azurite {
 	t.Helper()
 	a := &azurite{t: t, bin: azuriteBinary(t), dir: t.TempDir()}
 	a.Start()

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
@@ -89,6 +90,12 @@ const (
 	MaxMaxChunkSizeInBytes         = 524288000
 	// maxBlobBlocks is Azure's limit on committed blocks per block blob.
 	maxBlobBlocks = 50000
+	// blockTarget is the size of a staged block. Staging is not what makes
+	// delivery durable (the log is, until the blob is committed), so records
+	// are buffered and sent in blocks of this size: one request per worker
+	// batch would bound an endpoint to a few thousand messages a second over
+	// a WAN. Azure takes blocks of 4 MiB and more at its high-throughput rate.
+	blockTarget = 4 << 20
 	// defaultHubName stands in for {iothub} when the hub did not say.
 	defaultHubName = "moat"
 )
@@ -358,9 +365,11 @@ func storageContainerClient(r storageContainer, opts *container.ClientOptions) (
 }
 
 // StorageContainer is a Batcher that writes routed messages to block blobs:
-// each Stage uploads one Azure block (StageBlock) holding whole Avro blocks
-// or JSON lines, and Flush commits the blob's block list (CommitBlockList),
-// which is when the blob appears, complete. A blob is never overwritten: its
+// Stage encodes messages and uploads them in Azure blocks (StageBlock) of
+// about blockTarget bytes, each holding one Avro block (the first also the
+// file header) or whole JSON lines, and Flush uploads the rest and commits
+// the blob's block list (CommitBlockList), which is when the blob appears,
+// complete. A blob is never overwritten: its
 // name is probed before the first block and the commit requires that no blob
 // of that name exists.
 //
@@ -378,6 +387,9 @@ type StorageContainer struct {
 	timeout  time.Duration
 	now      func() time.Time
 	maxBlock int // blocks per blob; Azure's limit, lower in tests
+	// blockTarget is how many encoded bytes are buffered before they are
+	// staged as one block (lower in tests).
+	blockTarget int
 
 	mu      sync.Mutex
 	created bool
@@ -392,15 +404,18 @@ type StorageContainer struct {
 	lastChunk int
 }
 
-// blobUnit is the blob being written: staged blocks not yet committed.
+// blobUnit is the blob being written: staged blocks not yet committed, and
+// encoded records not yet staged.
 type blobUnit struct {
 	name    string
 	client  *blockblob.Client
 	idBase  [12]byte // random; the block index fills the last four bytes
 	sync    [16]byte
 	blocks  []string
-	size    int64
-	records int
+	size    int64 // bytes staged
+	records int   // messages taken, staged or buffered
+	buf     [][]byte
+	bufSize int64
 }
 
 // NewStorageContainer returns a storage container sink. It does not reach the
@@ -425,7 +440,7 @@ func NewStorageContainer(cfg StorageContainerConfig) (*StorageContainer, error) 
 	}
 	s := &StorageContainer{
 		name: cfg.Name, hub: cfg.HubName, cfg: r, enc: newBlobEncoding(r.encoding),
-		client: client, timeout: cfg.Timeout, now: time.Now, maxBlock: maxBlobBlocks,
+		client: client, timeout: cfg.Timeout, now: time.Now, maxBlock: maxBlobBlocks, blockTarget: blockTarget,
 	}
 	if s.hub == "" {
 		s.hub = defaultHubName
@@ -502,6 +517,14 @@ func (s *StorageContainer) ensureContainerLocked(ctx context.Context) error {
 	return nil
 }
 
+// containerGoneLocked notes a container deleted behind the sink's back, so
+// that the next attempt creates it again.
+func (s *StorageContainer) containerGoneLocked(err error) {
+	if bloberror.HasCode(err, bloberror.ContainerNotFound) {
+		s.created = false
+	}
+}
+
 // newUnitLocked chooses the next unused blob name of the current window.
 func (s *StorageContainer) newUnitLocked(ctx context.Context) (*blobUnit, error) {
 	base := s.cfg.format.render(s.hub, s.winStart)
@@ -523,7 +546,9 @@ func (s *StorageContainer) newUnitLocked(ctx context.Context) (*blobUnit, error)
 			chunk++
 			continue
 		}
-		if !bloberror.HasCode(err, bloberror.BlobNotFound) {
+		var re *azcore.ResponseError
+		if !bloberror.HasCode(err, bloberror.BlobNotFound) && !(errors.As(err, &re) && re.StatusCode == http.StatusNotFound && re.ErrorCode == "") {
+			s.containerGoneLocked(err)
 			return nil, s.opError("probe blob "+name, err)
 		}
 		s.lastBase, s.lastChunk = base, chunk
@@ -547,8 +572,9 @@ func (u *blobUnit) blockID(i int) string {
 	return base64.StdEncoding.EncodeToString(id[:])
 }
 
-// Stage implements Batcher: it uploads the messages that fit into the current
-// blob as one block.
+// Stage implements Batcher: it takes the messages that fit into the current
+// blob, buffering their encoding and staging a block whenever blockTarget
+// bytes are buffered.
 func (s *StorageContainer) Stage(ctx context.Context, batch []message.Message) (int, error) {
 	if len(batch) == 0 {
 		return 0, nil
@@ -567,16 +593,40 @@ func (s *StorageContainer) Stage(ctx context.Context, batch []message.Message) (
 		s.unit = u
 	}
 	u := s.unit
-	if len(u.blocks) >= s.maxBlock {
-		return 0, nil
-	}
 	recs := make([][]byte, len(batch))
+	size := int64(0)
 	for i, m := range batch {
 		r, err := s.enc.record(m)
 		if err != nil {
 			return 0, s.errorf("%w", err)
 		}
 		recs[i] = r
+		size += int64(len(r))
+	}
+	// Buffer the batch when it surely fits: the estimate counts buffered
+	// records uncompressed, plus the header and a block's framing.
+	if len(u.blocks) < s.maxBlock && u.size+s.unstagedBound(u, u.bufSize+size) <= s.cfg.maxChunk {
+		mark := len(u.buf)
+		u.buf = append(u.buf, recs...)
+		u.bufSize += size
+		if u.bufSize >= int64(s.blockTarget) {
+			if err := s.stageBufferLocked(ctx, u); err != nil {
+				u.buf, u.bufSize = u.buf[:mark], u.bufSize-size // not taken
+				return 0, err
+			}
+		}
+		u.records += len(batch)
+		return len(batch), nil
+	}
+	// The blob is nearly full. Stage the buffer to know its exact size, then
+	// take the largest prefix of the batch whose block still fits.
+	if len(u.buf) > 0 {
+		if err := s.stageBufferLocked(ctx, u); err != nil {
+			return 0, err
+		}
+	}
+	if len(u.blocks) >= s.maxBlock {
+		return 0, nil
 	}
 	var header []byte
 	if len(u.blocks) == 0 {
@@ -590,48 +640,80 @@ func (s *StorageContainer) Stage(ctx context.Context, batch []message.Message) (
 		return append(header[:len(header):len(header)], b...), nil
 	}
 	room := s.cfg.maxChunk - u.size
-	k := len(recs)
+	// Sizes grow with k (deflate's nearly so); this runs once per blob.
+	lo, hi := 0, len(recs)
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		d, err := build(mid)
+		if err != nil {
+			return 0, err
+		}
+		if int64(len(d)) <= room {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	k := lo
+	if k == 0 && u.records == 0 {
+		k = 1 // one message larger than a chunk gets a blob of its own
+	}
+	if k == 0 {
+		return 0, nil
+	}
 	data, err := build(k)
 	if err != nil {
 		return 0, err
 	}
-	if int64(len(data)) > room {
-		// The largest prefix that fits; sizes grow with k (deflate's nearly
-		// so), and this runs only when a blob fills up.
-		lo, hi := 0, k-1
-		for lo < hi {
-			mid := (lo + hi + 1) / 2
-			d, err := build(mid)
-			if err != nil {
-				return 0, err
-			}
-			if int64(len(d)) <= room {
-				lo = mid
-			} else {
-				hi = mid - 1
-			}
-		}
-		k = lo
-		if k == 0 && u.records == 0 {
-			k = 1 // one message larger than a chunk gets a blob of its own
-		}
-		if k == 0 {
-			return 0, nil
-		}
-		if data, err = build(k); err != nil {
-			return 0, err
-		}
+	if err := s.stageLocked(ctx, u, data); err != nil {
+		return 0, err
 	}
+	u.records += k
+	return k, nil
+}
+
+// unstagedBound bounds the staged size of n buffered bytes: the header if
+// nothing is staged yet, the block framing (two varints and the sync marker),
+// and the records uncompressed.
+func (s *StorageContainer) unstagedBound(u *blobUnit, n int64) int64 {
+	if n == 0 {
+		return 0
+	}
+	const framing = 2*10 + 16
+	if len(u.blocks) == 0 {
+		n += int64(len(s.enc.header(u.sync)))
+	}
+	return n + framing
+}
+
+// stageBufferLocked stages the buffered records as one block.
+func (s *StorageContainer) stageBufferLocked(ctx context.Context, u *blobUnit) error {
+	b, err := s.enc.block(u.buf, u.sync)
+	if err != nil {
+		return s.errorf("%w", err)
+	}
+	if len(u.blocks) == 0 {
+		b = append(s.enc.header(u.sync), b...)
+	}
+	if err := s.stageLocked(ctx, u, b); err != nil {
+		return err
+	}
+	u.buf, u.bufSize = nil, 0
+	return nil
+}
+
+// stageLocked uploads one block of u.
+func (s *StorageContainer) stageLocked(ctx context.Context, u *blobUnit, data []byte) error {
 	id := u.blockID(len(u.blocks))
 	sctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if _, err := u.client.StageBlock(sctx, id, streaming.NopCloser(bytes.NewReader(data)), nil); err != nil {
-		return 0, s.opError("stage block of "+u.name, err)
+		s.containerGoneLocked(err)
+		return s.opError("stage block of "+u.name, err)
 	}
 	u.blocks = append(u.blocks, id)
 	u.size += int64(len(data))
-	u.records += k
-	return k, nil
+	return nil
 }
 
 // FlushDue implements Batcher: the end of the current window.
@@ -672,6 +754,11 @@ func (s *StorageContainer) commitLocked(ctx context.Context) error {
 		s.unit = u
 	}
 	u := s.unit
+	if len(u.buf) > 0 {
+		if err := s.stageBufferLocked(ctx, u); err != nil {
+			return err
+		}
+	}
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	noOverwrite := &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: new(azcore.ETagAny)}}
@@ -685,6 +772,7 @@ func (s *StorageContainer) commitLocked(ctx context.Context) error {
 		}
 	}
 	if err != nil {
+		s.containerGoneLocked(err)
 		return s.opError("commit blob "+u.name, err)
 	}
 	s.winData = true

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/sas"
 	"github.com/hamba/avro/v2/ocf"
@@ -336,6 +337,7 @@ func TestStorageContainerAzurite(t *testing.T) {
 		{"outage", testStorageSurvivesStorageOutage},
 		{"deadletters", testStorageDeadLetters},
 		{"sas", testStorageSAS},
+		{"send", testStorageSend},
 	} {
 		t.Run(tt.name, func(t *testing.T) { tt.test(t, az) })
 		if az.cmd == nil {
@@ -450,6 +452,7 @@ func testStorageChunkRollover(t *testing.T, az *azurite) {
 			})
 			s.cfg.maxChunk = 4096 // below the configurable floor, to roll over often
 			s.maxBlock = 3
+			s.blockTarget = 1000
 			w := newTestWorker(log, nil, s)
 			stop := runWorker(t, w)
 			// The last blob stays pending until the hour ends; everything
@@ -482,8 +485,23 @@ func testStorageChunkRollover(t *testing.T, az *azurite) {
 			if len(got) != int(committed)-1 {
 				t.Errorf("%d messages in blobs, cursor at %d", len(got), committed)
 			}
+			cc, err := container.NewClientFromConnectionString(az.ConnectionString(), containerName,
+				&container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: az.HTTPClient()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			most := 0
 			base := ""
 			for i, b := range blobs {
+				bl, err := cc.NewBlockBlobClient(b.name).GetBlockList(context.Background(), blockblob.BlockListTypeCommitted, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n := len(bl.CommittedBlocks); n > 3 {
+					t.Errorf("%s has %d blocks, over the limit of 3", b.name, n)
+				} else {
+					most = max(most, n)
+				}
 				if len(b.data) > 4096 {
 					t.Errorf("%s is %d bytes, over the chunk size", b.name, len(b.data))
 				}
@@ -496,11 +514,15 @@ func testStorageChunkRollover(t *testing.T, az *azurite) {
 					t.Errorf("chunk %q is not %s_<n>", b.name, base)
 				}
 			}
+			if most < 2 {
+				t.Errorf("no blob of several blocks")
+			}
 		})
 	}
 }
 
-// stagedRecords is how many messages the sink's pending blob holds.
+// stagedRecords is how many messages the sink's pending blob holds (staged
+// or buffered).
 func stagedRecords(s *StorageContainer) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -510,7 +532,16 @@ func stagedRecords(s *StorageContainer) int {
 	return s.unit.records
 }
 
-// checkExactlyOnce checks that blobs hold messages 0..n-1 of tag exactly
+func stagedBlocks(s *StorageContainer) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unit == nil {
+		return 0
+	}
+	return len(s.unit.blocks)
+}
+
+// checkAll checks that blobs hold messages 0..n-1 of tag exactly
 // once (every one at least once; duplicates are reported separately).
 func checkAll(t *testing.T, got map[string]readRecord, count map[string]int, tag string, n int) (dups int) {
 	t.Helper()
@@ -529,12 +560,16 @@ func checkAll(t *testing.T, got map[string]readRecord, count map[string]int, tag
 func testStorageSurvivesStorageOutage(t *testing.T, az *azurite) {
 	log := msglog.NewMemory()
 	s := newTestStorage(t, az, 1500*time.Millisecond, nil)
+	s.blockTarget = 1000 // blocks reach storage before the commit is due
 	w := newTestWorker(log, nil, s)
 	runWorker(t, w)
 
 	// Flush fails: storage goes away after the blocks are staged.
 	blobAppend(t, log, "o", 0, 30)
 	waitUntil(t, "30 messages staged", 10*time.Second, func() bool { return stagedRecords(s) == 30 })
+	if b := stagedBlocks(s); b < 2 {
+		t.Fatalf("%d blocks staged", b)
+	}
 	az.Stop()
 	waitUntil(t, "a failed commit", 10*time.Second, func() bool { return w.Health().HealthStatus == Unhealthy })
 	if c := cursorAt(log, w); c != 1 {
@@ -695,5 +730,75 @@ func testStorageSAS(t *testing.T, az *azurite) {
 	got, count := decodeBlobs(t, listBlobs(t, az, name), EncodingAvro)
 	if dups := checkAll(t, got, count, "s", 10); dups != 0 {
 		t.Errorf("%d duplicates", dups)
+	}
+}
+
+// testStorageSend uses the sink outside a Worker: Send writes at once, in as
+// many blobs as the chunk size needs.
+func testStorageSend(t *testing.T, az *azurite) {
+	s := newTestStorage(t, az, time.Hour, func(c *StorageContainerConfig) { c.Encoding = EncodingJSON })
+	s.cfg.maxChunk = 8192
+	var batch []message.Message
+	for i := range 50 {
+		batch = append(batch, blobTestMessage("send", i))
+	}
+	if err := s.Send(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	blobs := listBlobs(t, az, testContainer(t))
+	if len(blobs) < 2 {
+		t.Fatalf("%d blobs for %d bytes of records in 8 KiB chunks", len(blobs), 50*300)
+	}
+	got, count := decodeBlobs(t, blobs, EncodingJSON)
+	if dups := checkAll(t, got, count, "send", 50); dups != 0 {
+		t.Errorf("%d duplicates", dups)
+	}
+}
+
+// BenchmarkStorageContainer measures the sink against Azurite on loopback:
+// messages staged in worker-sized batches of 100 and committed in blobs of
+// maxChunkSizeInBytes, so mostly encoding and block uploads.
+func BenchmarkStorageContainer(b *testing.B) {
+	az := startAzurite(b)
+	for _, enc := range []string{EncodingAvro, EncodingAvroDeflate, EncodingJSON} {
+		b.Run(enc, func(b *testing.B) {
+			cfg := StorageContainerConfig{Name: "bench", ConnectionString: az.ConnectionString(), ContainerName: "bench-" + strings.ToLower(enc),
+				HubName: "benchhub", Encoding: enc, transport: az.HTTPClient()}
+			s, err := NewStorageContainer(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			batch := make([]message.Message, 100)
+			size := 0
+			for i := range batch {
+				batch[i] = blobTestMessage("bench", i)
+				size += len(batch[i].Body)
+			}
+			ctx := context.Background()
+			commit := func() {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				if s.unit != nil {
+					if err := s.commitLocked(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.SetBytes(int64(size / len(batch)))
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				n := min(len(batch), b.N-done)
+				k, err := s.Stage(ctx, batch[:n])
+				if err != nil {
+					b.Fatal(err)
+				}
+				if k < n {
+					commit() // the blob is full
+				}
+				done += k
+			}
+			commit()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
 	}
 }

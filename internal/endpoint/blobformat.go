@@ -22,7 +22,12 @@ import (
 // fileNameFormat, and blob contents in IoT Hub's Avro, AvroDeflate and JSON
 // encodings.
 
-// DefaultFileNameFormat is IoT Hub's default blob name format.
+// DefaultFileNameFormat is IoT Hub's default blob name format. IoT Hub adds
+// no extension to blob names, and neither does Moat: Microsoft's routing
+// tutorial gives "ContosoTestHub/0/2018/10/30/10/56" as the name of an Avro
+// blob, and its ARM template how-to (MicrosoftDocs/azure-docs,
+// articles/iot-hub/how-to-routing-arm.md) writes ".avro" into
+// fileNameFormat itself ("{iothub}/…/{mm}.avro") for blobs to have one.
 const DefaultFileNameFormat = "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}"
 
 // fileNameTokens are the tokens a fileNameFormat must contain, each at least
@@ -327,8 +332,8 @@ func (e avroEncoding) block(recs [][]byte, sync [16]byte) ([]byte, error) {
 // UTF-8 (and is valid JSON), otherwise its bytes in base64. Observed IoT Hub
 // output: the enriched-message sample in MicrosoftDocs/azure-docs
 // articles/iot-hub/tutorial-message-enrichments.md (no content type, Body
-// base64) and published captures of hubs with contentType
-// "application/json;charset=utf-8" (Body embedded as an object). IoT Hub's
+// base64) and IoT Hub output quoted in user projects on GitHub (contentType
+// "application/json;charset=utf-8", Body embedded as an object). IoT Hub's
 // docs ask for contentType application/json and contentEncoding UTF-8 for
 // JSON encoding for this reason.
 type jsonEncoding struct{}
