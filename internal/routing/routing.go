@@ -188,14 +188,7 @@ func (r *Router) Endpoints(in Input) []string {
 	}
 	matched := false
 	for i := range r.routes {
-		rt := &r.routes[i]
-		if !rt.IsEnabled || rt.Source != in.Source {
-			continue
-		}
-		if rt.TopicFilter != "" && !matchFilter(rt.TopicFilter, in.Message.System[message.SysMQTTTopic]) {
-			continue
-		}
-		if rt.cond == nil || rt.cond.Match(env) {
+		if rt := &r.routes[i]; rt.matches(in, env) {
 			matched = true
 			add(rt.EndpointNames[0])
 		}
@@ -418,18 +411,22 @@ func (r *Router) Matching(in Input) []Route {
 	env := newEnv(in)
 	var out []Route
 	for i := range r.routes {
-		rt := &r.routes[i]
-		if !rt.IsEnabled || rt.Source != in.Source {
-			continue
-		}
-		if rt.TopicFilter != "" && !matchFilter(rt.TopicFilter, in.Message.System[message.SysMQTTTopic]) {
-			continue
-		}
-		if rt.cond == nil || rt.cond.Match(env) {
+		if rt := &r.routes[i]; rt.matches(in, env) {
 			out = append(out, rt.Route)
 		}
 	}
 	return out
+}
+
+// matches says whether an enabled route of in's source takes the message.
+func (rt *compiled) matches(in Input, env *env) bool {
+	if !rt.IsEnabled || rt.Source != in.Source {
+		return false
+	}
+	if rt.TopicFilter != "" && !matchFilter(rt.TopicFilter, in.Message.System[message.SysMQTTTopic]) {
+		return false
+	}
+	return rt.cond == nil || rt.cond.Match(env)
 }
 
 // SystemPropertyName maps a system property as routing queries name it
