@@ -26,7 +26,7 @@ func Main(args []string) int {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), hubCmd(), deviceCmd(), moduleCmd(), monitorCmd(), dnsCmd(), endpointCmd(), routeCmd(), networkCmd())
+	root.AddCommand(serveCmd(), hubCmd(), deviceCmd(), moduleCmd(), monitorCmd(), dnsCmd(), endpointCmd(), routeCmd(), enrichmentCmd(), networkCmd())
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

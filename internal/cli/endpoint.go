@@ -41,6 +41,7 @@ func endpointCmd() *cobra.Command {
 		},
 	}
 	c.AddCommand(list, health, deadLettersCmd(t))
+	c.AddCommand(endpointChangeCmds(t)...)
 	return c
 }
 
@@ -91,6 +92,11 @@ func deadLettersCmd(t *target) *cobra.Command {
 // call sends a management request, with in as its JSON body when not nil,
 // and decodes the JSON answer into out.
 func (t *target) call(ctx context.Context, method, path string, in, out any) error {
+	return t.callWith(ctx, method, path, nil, in, out)
+}
+
+// callWith is call with extra request headers (conditional requests).
+func (t *target) callWith(ctx context.Context, method, path string, header http.Header, in, out any) error {
 	base, hc, sign, err := t.management()
 	if err != nil {
 		return err
@@ -110,6 +116,9 @@ func (t *target) call(ctx context.Context, method, path string, in, out any) err
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
 	if err := sign(req); err != nil {
 		return err
 	}
@@ -128,6 +137,9 @@ func (t *target) call(ctx context.Context, method, path string, in, out any) err
 			return fmt.Errorf("%s: %s", resp.Status, e.Message)
 		}
 		return fmt.Errorf("%s", resp.Status)
+	}
+	if out == nil || len(bytes.TrimSpace(answer)) == 0 {
+		return nil
 	}
 	return json.Unmarshal(answer, out)
 }

@@ -99,6 +99,7 @@ their query names (contentType, contentEncoding, ...).`,
 	test.Flags().StringVar(&sysProps, "system-properties", "", "system properties: k1=v1;k2=v2 or JSON")
 	test.Flags().StringVar(&twin, "twin", "", "the sender's twin (JSON), for $twin conditions")
 	c.AddCommand(list, show, test)
+	c.AddCommand(routeChangeCmds(t)...)
 	return c
 }
 

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -79,23 +80,8 @@ type RoutingEndpoints struct {
 // EndpointNames lists every custom endpoint's name.
 func (r Routing) EndpointNames() []string {
 	var out []string
-	for _, w := range r.Endpoints.WebHooks {
-		out = append(out, w.Name)
-	}
-	for _, b := range r.Endpoints.MQTTBridges {
-		out = append(out, b.Name)
-	}
-	for _, n := range r.Endpoints.NATS {
-		out = append(out, n.Name)
-	}
-	for _, e := range r.Endpoints.EventHubs {
+	for _, e := range r.CustomEndpoints() {
 		out = append(out, e.Name)
-	}
-	for _, k := range r.Endpoints.Kafka {
-		out = append(out, k.Name)
-	}
-	for _, sc := range r.Endpoints.StorageContainers {
-		out = append(out, sc.Name)
 	}
 	return out
 }
@@ -248,72 +234,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	names := map[string]bool{}
-	endpointName := func(path, name string) {
-		switch {
-		case name == "" || len(name) > 64:
-			bad(path+".name", "must be 1 to 64 characters")
-		case strings.EqualFold(name, routing.BuiltInEvents) || strings.EqualFold(name, "fileNotifications") || strings.EqualFold(name, "$default"):
-			bad(path+".name", "%q is reserved", name)
-		case names[strings.ToLower(name)]:
-			bad(path+".name", "duplicate endpoint %q", name)
-		}
-		names[strings.ToLower(name)] = true
-	}
-	endpointURL := func(path, raw string, schemes ...string) {
-		u, err := url.Parse(raw)
-		if err != nil || u.Host == "" || !slices.Contains(schemes, u.Scheme) {
-			bad(path+".url", "must be a %s URL with a host", strings.Join(schemes, "/"))
-		}
-	}
-	for i, w := range p.Routing.Endpoints.WebHooks {
-		path := fmt.Sprintf("properties.routing.endpoints.webHooks[%d]", i)
-		endpointName(path, w.Name)
-		endpointURL(path, w.URL, "https", "http")
-	}
-	for i, b := range p.Routing.Endpoints.MQTTBridges {
-		path := fmt.Sprintf("properties.routing.endpoints.mqttBridges[%d]", i)
-		endpointName(path, b.Name)
-		endpointURL(path, b.URL, "mqtts", "ssl", "tls", "mqtt", "tcp")
-		if b.TopicTemplate == "" {
-			bad(path+".topicTemplate", "is required")
-		}
-		if b.QoS > 1 {
-			bad(path+".qos", "must be 0 or 1")
-		}
-	}
-	for i, n := range p.Routing.Endpoints.NATS {
-		path := fmt.Sprintf("properties.routing.endpoints.nats[%d]", i)
-		endpointName(path, n.Name)
-		endpointURL(path, n.URL, "nats", "tls")
-		if n.SubjectTemplate == "" {
-			bad(path+".subjectTemplate", "is required")
-		}
-	}
-	for i, e := range p.Routing.Endpoints.EventHubs {
-		path := fmt.Sprintf("properties.routing.endpoints.eventHubs[%d]", i)
-		endpointName(path, e.Name)
-		for _, pr := range e.Problems() {
-			bad(path+"."+pr.Field, "%s", pr.Msg)
-		}
-	}
-	for i, k := range p.Routing.Endpoints.Kafka {
-		path := fmt.Sprintf("properties.routing.endpoints.kafka[%d]", i)
-		endpointName(path, k.Name)
-		for _, pr := range k.Problems() {
-			bad(path+"."+pr.Field, "%s", pr.Msg)
-		}
-	}
-	for i, sc := range p.Routing.Endpoints.StorageContainers {
-		path := fmt.Sprintf("properties.routing.endpoints.storageContainers[%d]", i)
-		endpointName(path, sc.Name)
-		for _, pr := range sc.Problems() {
-			bad(path+"."+pr.Field, "%s", pr.Msg)
-		}
-	}
-	if _, err := routing.Compile(routing.Config{Routes: p.Routing.Routes, FallbackRoute: p.Routing.FallbackRoute, Enrichments: p.Routing.Enrichments}, "hub", p.Routing.EndpointNames()); err != nil {
-		bad("properties.routing", "%v", err)
-	}
+	errs = append(errs, unjoin(p.Routing.Validate())...)
 	l := c.Moat.Listeners
 	for name, a := range map[string]*string{"mqtt": l.MQTT, "https": l.HTTPS, "mqttPlain": l.MQTTPlain, "metrics": l.Metrics} {
 		if a == nil || *a == "" {
@@ -330,6 +251,87 @@ func (c *Config) Validate() error {
 	case "", "debug", "info", "warn", "error":
 	default:
 		bad("moat.logLevel", "must be debug, info, warn or error")
+	}
+	return errors.Join(errs...)
+}
+
+// endpointNameRE is IoT Hub's rule for endpoint names; they also name the
+// endpoint's dead-letter directory.
+var endpointNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// Validate checks the routing properties: endpoint names and settings, and
+// that routes, the fallback route and enrichments compile against the
+// endpoints. Errors are FieldErrors under properties.routing.
+func (r Routing) Validate() error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	names := map[string]bool{}
+	endpointName := func(path, name string) {
+		switch {
+		case !endpointNameRE.MatchString(name) || strings.Trim(name, ".") == "":
+			bad(path+".name", "%q must be 1 to 64 letters, digits, '.', '_' or '-' (not only dots)", name)
+		case strings.EqualFold(name, routing.BuiltInEvents) || strings.EqualFold(name, "fileNotifications") || strings.EqualFold(name, "$default"):
+			bad(path+".name", "%q is reserved", name)
+		case names[strings.ToLower(name)]:
+			bad(path+".name", "duplicate endpoint %q", name)
+		}
+		names[strings.ToLower(name)] = true
+	}
+	endpointURL := func(path, raw string, schemes ...string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" || !slices.Contains(schemes, u.Scheme) {
+			bad(path+".url", "must be a %s URL with a host", strings.Join(schemes, "/"))
+		}
+	}
+	for i, w := range r.Endpoints.WebHooks {
+		path := fmt.Sprintf("properties.routing.endpoints.webHooks[%d]", i)
+		endpointName(path, w.Name)
+		endpointURL(path, w.URL, "https", "http")
+	}
+	for i, b := range r.Endpoints.MQTTBridges {
+		path := fmt.Sprintf("properties.routing.endpoints.mqttBridges[%d]", i)
+		endpointName(path, b.Name)
+		endpointURL(path, b.URL, "mqtts", "ssl", "tls", "mqtt", "tcp")
+		if b.TopicTemplate == "" {
+			bad(path+".topicTemplate", "is required")
+		}
+		if b.QoS > 1 {
+			bad(path+".qos", "must be 0 or 1")
+		}
+	}
+	for i, n := range r.Endpoints.NATS {
+		path := fmt.Sprintf("properties.routing.endpoints.nats[%d]", i)
+		endpointName(path, n.Name)
+		endpointURL(path, n.URL, "nats", "tls")
+		if n.SubjectTemplate == "" {
+			bad(path+".subjectTemplate", "is required")
+		}
+	}
+	for i, e := range r.Endpoints.EventHubs {
+		path := fmt.Sprintf("properties.routing.endpoints.eventHubs[%d]", i)
+		endpointName(path, e.Name)
+		for _, pr := range e.Problems() {
+			bad(path+"."+pr.Field, "%s", pr.Msg)
+		}
+	}
+	for i, k := range r.Endpoints.Kafka {
+		path := fmt.Sprintf("properties.routing.endpoints.kafka[%d]", i)
+		endpointName(path, k.Name)
+		for _, pr := range k.Problems() {
+			bad(path+"."+pr.Field, "%s", pr.Msg)
+		}
+	}
+	for i, sc := range r.Endpoints.StorageContainers {
+		path := fmt.Sprintf("properties.routing.endpoints.storageContainers[%d]", i)
+		endpointName(path, sc.Name)
+		for _, pr := range sc.Problems() {
+			bad(path+"."+pr.Field, "%s", pr.Msg)
+		}
+	}
+	if _, err := routing.Compile(routing.Config{Routes: r.Routes, FallbackRoute: r.FallbackRoute, Enrichments: r.Enrichments}, "hub", r.EndpointNames()); err != nil {
+		bad("properties.routing", "%v", err)
 	}
 	return errors.Join(errs...)
 }

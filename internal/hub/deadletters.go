@@ -59,8 +59,13 @@ func (h *Hub) deadLettersHandler() http.Handler {
 			mgmtError(w, http.StatusUnauthorized, "IotHubUnauthorizedAccess", "Unauthorized")
 			return
 		}
+		// An endpoint's deletion closes its dead letters: hold it off.
+		h.routingChange.Lock()
+		defer h.routingChange.Unlock()
+		h.deadLetterMu.Lock()
 		dead, ok := h.deadLetterLog[name]
-		if !ok {
+		h.deadLetterMu.Unlock()
+		if _, live := h.routingNow().cfg.Endpoint(name); !ok || !live {
 			mgmtError(w, http.StatusNotFound, "EndpointNotFound", "no custom endpoint named "+strconv.Quote(name))
 			return
 		}

@@ -41,7 +41,6 @@ import (
 	"github.com/moat-iot/moat/internal/pki"
 	"github.com/moat-iot/moat/internal/registry"
 	"github.com/moat-iot/moat/internal/registry/sqlitestore"
-	"github.com/moat-iot/moat/internal/routing"
 	"github.com/moat-iot/moat/internal/sas"
 	"github.com/moat-iot/moat/internal/serviceapi"
 	"github.com/moat-iot/moat/internal/session"
@@ -77,11 +76,15 @@ type Hub struct {
 	audit   *audit.Recorder
 	conns   *transport.Conns
 
-	connSeq     atomic.Uint64 // sequence numbers of connection state events
-	workers     []*endpoint.Worker
-	deadLetters []*msglog.PebbleLog
-	router      *routing.Router
+	connSeq atomic.Uint64 // sequence numbers of connection state events
+	// routing is the routing in force, replaced whole on each change;
+	// routingChange serialises changes (routes.go, routingmgmt.go).
+	routing       atomic.Pointer[routingState]
+	routingChange sync.Mutex
+	// delivery runs one worker per endpoint.
+	delivery *endpoint.Group
 	// deadLetterLog is each custom endpoint's dead-letter store by name.
+	deadLetterMu  sync.Mutex
 	deadLetterLog map[string]*msglog.PebbleLog
 	// retryPeriod is how long endpoints retry before dead-lettering (0: the
 	// endpoint package's default, IoT Hub's hour).
@@ -421,15 +424,8 @@ func (h *Hub) Run(ctx context.Context) error {
 		defer workers.Done()
 		h.trimLog(runCtx)
 	}()
-	for _, w := range h.workers {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			if err := w.Run(runCtx); err != nil {
-				h.log.Error("endpoint worker stopped", "endpoint", w.Health().EndpointID, "error", err)
-			}
-		}()
-	}
+	h.delivery.Start(runCtx)
+	defer func() { cancel(); h.delivery.Wait() }()
 
 	if a := config.Addr(l.MQTT, config.DefaultMQTT); a != "" {
 		ln, err := listen("mqtts", a)
@@ -542,7 +538,14 @@ func (h *Hub) close() {
 	if h.configs != nil {
 		h.configs.Close()
 	}
-	for _, d := range h.deadLetters {
+	if h.delivery != nil { // workers have stopped: Run waited for them
+		for _, w := range h.delivery.Workers() {
+			if err := w.Sink().Close(); err != nil {
+				h.log.Warn("closing endpoint", "endpoint", w.Name(), "error", err)
+			}
+		}
+	}
+	for _, d := range h.deadLetterLog {
 		d.Close()
 	}
 	if h.msglog != nil {

@@ -2,7 +2,6 @@ package hub
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -40,7 +39,7 @@ func (h *Hub) buildNetwork() error {
 	case err != nil:
 		return err
 	default:
-		if cfgP := h.cfg.Properties.NetworkPolicy(); !samePolicy(cfgP, p) && !samePolicy(cfgP, netpolicy.Policy{}) {
+		if cfgP := h.cfg.Properties.NetworkPolicy(); !sameJSON(cfgP, p) && !sameJSON(cfgP, netpolicy.Policy{}) {
 			h.log.Warn("the configuration's network properties differ from the live network policy, which wins; delete the file to re-seed it", "file", path)
 		}
 	}
@@ -57,12 +56,6 @@ func (h *Hub) buildNetwork() error {
 	}
 	h.conns = transport.NewConns()
 	return nil
-}
-
-func samePolicy(a, b netpolicy.Policy) bool {
-	ja, _ := json.Marshal(a)
-	jb, _ := json.Marshal(b)
-	return string(ja) == string(jb)
 }
 
 // admit decides a new connection before TLS and audits the decision.

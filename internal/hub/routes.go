@@ -3,8 +3,10 @@ package hub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -30,17 +32,40 @@ func (e eventsSink) Send(_ context.Context, batch []message.Message) error {
 
 func (eventsSink) Close() error { return nil }
 
-// buildRouting compiles the routes and builds one worker per endpoint,
-// including the built-in events endpoint.
-func (h *Hub) buildRouting() error {
-	rc := h.cfg.Properties.Routing
+// routingFile holds the live routing configuration: endpoints, routes, the
+// fallback route and enrichments. The config file's routing properties seed it
+// on first start; afterwards it wins, because `moat route`, `moat endpoint`,
+// `moat message-enrichment` and the management API change routing while the
+// hub runs. Delete it to re-seed from the config file. It holds endpoint
+// credentials, so only the owner may read it.
+const routingFile = "routing.json"
+
+// routingState is the routing in force. It is replaced whole on every change,
+// so a message is routed by one consistent configuration.
+type routingState struct {
+	cfg       config.Routing
+	router    *routing.Router
+	needsTwin bool
+}
+
+// routingNow returns the routing in force.
+func (h *Hub) routingNow() *routingState { return h.routing.Load() }
+
+// compileRouting checks a routing configuration and compiles it.
+func (h *Hub) compileRouting(rc config.Routing) (*routingState, error) {
+	if err := rc.Validate(); err != nil {
+		return nil, err
+	}
 	router, err := routing.Compile(routing.Config{Routes: rc.Routes, FallbackRoute: rc.FallbackRoute, Enrichments: rc.Enrichments}, h.hubName(), rc.EndpointNames())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	h.router = router
-	needsTwin := routerNeedsTwin(rc)
-	h.deadLetterLog = map[string]*msglog.PebbleLog{}
+	return &routingState{cfg: rc, router: router, needsTwin: routerNeedsTwin(rc)}, nil
+}
+
+// buildRouting loads (or seeds) the routing configuration and builds one
+// worker per endpoint, including the built-in events endpoint.
+func (h *Hub) buildRouting() error {
 	if p := h.cfg.Moat.Routing.RetryPeriod; p != "" {
 		d, err := time.ParseDuration(p)
 		if err != nil || d <= 0 {
@@ -48,53 +73,107 @@ func (h *Hub) buildRouting() error {
 		}
 		h.retryPeriod = d
 	}
-	selectFor := func(name string) endpoint.Select {
-		return func(m message.Message) (bool, map[string]string) {
-			if to, ok := endpoint.ReplayTarget(m); ok {
-				return to == name, nil // a dead letter put back for one endpoint
-			}
-			in := routing.Input{Source: routing.SourceOf(m), Message: m}
-			if needsTwin {
-				in.Twin = h.senderTwin(m)
-			}
-			for _, e := range router.Endpoints(in) {
-				if e == name {
-					return true, router.Enrich(in, name)
-				}
-			}
-			return false, nil
+	path := filepath.Join(h.dataDir, routingFile)
+	rc, err := config.LoadRouting(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		rc = h.cfg.Properties.Routing
+		if err := config.SaveRouting(path, rc); err != nil {
+			return err
 		}
-	}
-	add := func(name string, sink endpoint.Sink) error {
-		var dead msglog.Log
-		if name != routing.BuiltInEvents {
-			d, err := msglog.OpenPebble(filepath.Join(h.dataDir, "deadletters", name), msglog.PebbleOptions{Logger: h.log.With("component", "deadletters", "endpoint", name)})
-			if err != nil {
-				return fmt.Errorf("dead letters of %s: %w", name, err)
-			}
-			h.deadLetters = append(h.deadLetters, d)
-			h.deadLetterLog[name] = d
-			dead = d
-		}
-		h.workers = append(h.workers, endpoint.NewWorker(endpoint.Config{
-			Name: name, Log: h.msglog, Sink: sink, Select: selectFor(name), DeadLetters: dead, RetryPeriod: h.retryPeriod,
-			Logger: h.log.With("component", "endpoint", "endpoint", name),
-		}))
-		return nil
-	}
-	if err := add(routing.BuiltInEvents, eventsSink{h.events}); err != nil {
+		h.log.Info("routing seeded from the configuration", "file", path)
+	case err != nil:
 		return err
+	default:
+		if cfgR := h.cfg.Properties.Routing; !sameJSON(cfgR, rc) && !sameJSON(cfgR, config.Routing{}) {
+			h.log.Warn("the configuration's routing properties differ from the live routing, which wins; delete the file to re-seed it", "file", path)
+		}
 	}
-	sinks, err := customSinks(rc.Endpoints, h.hubName())
+	st, err := h.compileRouting(rc)
 	if err != nil {
+		return fmt.Errorf("routing %s: %w", path, err)
+	}
+	h.routing.Store(st)
+	h.delivery = endpoint.NewGroup(h.log.With("component", "endpoint"))
+	h.deadLetterLog = map[string]*msglog.PebbleLog{}
+	if err := h.delivery.Add(h.newWorker(routing.BuiltInEvents, eventsSink{h.events}, nil)); err != nil {
 		return err
 	}
-	for _, s := range sinks {
-		if err := add(s.name, s.sink); err != nil {
+	for _, ep := range rc.CustomEndpoints() {
+		sink, err := newSink(ep, h.hubName())
+		if err != nil {
+			return err
+		}
+		if err := h.startEndpoint(ep.Name, sink); err != nil {
+			sink.Close()
 			return err
 		}
 	}
 	return nil
+}
+
+// startEndpoint opens a custom endpoint's dead letters and adds its worker.
+func (h *Hub) startEndpoint(name string, sink endpoint.Sink) error {
+	dead, err := h.openDeadLetters(name)
+	if err != nil {
+		return err
+	}
+	return h.delivery.Add(h.newWorker(name, sink, dead))
+}
+
+// openDeadLetters opens (once) a custom endpoint's dead-letter store.
+func (h *Hub) openDeadLetters(name string) (*msglog.PebbleLog, error) {
+	h.deadLetterMu.Lock()
+	defer h.deadLetterMu.Unlock()
+	if d, ok := h.deadLetterLog[name]; ok {
+		return d, nil
+	}
+	d, err := msglog.OpenPebble(h.deadLetterDir(name), msglog.PebbleOptions{Logger: h.log.With("component", "deadletters", "endpoint", name)})
+	if err != nil {
+		return nil, fmt.Errorf("dead letters of %s: %w", name, err)
+	}
+	h.deadLetterLog[name] = d
+	return d, nil
+}
+
+func (h *Hub) deadLetterDir(name string) string {
+	return filepath.Join(h.dataDir, "deadletters", name)
+}
+
+// newWorker builds an endpoint's worker. Its selection reads the routing in
+// force for every message, so route and enrichment changes apply to what the
+// worker has not yet delivered.
+func (h *Hub) newWorker(name string, sink endpoint.Sink, dead msglog.Log) *endpoint.Worker {
+	sel := func(m message.Message) (bool, map[string]string) {
+		if to, ok := endpoint.ReplayTarget(m); ok {
+			return to == name, nil // a dead letter put back for one endpoint
+		}
+		st := h.routingNow()
+		in := routing.Input{Source: routing.SourceOf(m), Message: m}
+		if st.needsTwin {
+			in.Twin = h.senderTwin(m)
+		}
+		for _, e := range st.router.Endpoints(in) {
+			if e == name {
+				return true, st.router.Enrich(in, name)
+			}
+		}
+		return false, nil
+	}
+	cfg := endpoint.Config{
+		Name: name, Log: h.msglog, Sink: sink, Select: sel, RetryPeriod: h.retryPeriod,
+		Logger: h.log.With("component", "endpoint", "endpoint", name),
+	}
+	if dead != nil { // a nil *PebbleLog in the interface would not be nil
+		cfg.DeadLetters = dead
+	}
+	return endpoint.NewWorker(cfg)
+}
+
+func sameJSON(a, b any) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
 }
 
 // hubName is $iothubname: the configured name, or the host name's first label.
@@ -159,8 +238,9 @@ func (h *Hub) endpointHealthHandler() http.Handler {
 
 // EndpointHealth returns every endpoint's health record.
 func (h *Hub) EndpointHealth() []endpoint.Health {
-	out := make([]endpoint.Health, 0, len(h.workers))
-	for _, w := range h.workers {
+	workers := h.delivery.Workers()
+	out := make([]endpoint.Health, 0, len(workers))
+	for _, w := range workers {
 		out = append(out, w.Health())
 	}
 	return out
@@ -223,7 +303,12 @@ func (h *Hub) trimLog(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := endpoint.TrimBehind(ctx, h.msglog, h.workers); err != nil && ctx.Err() == nil {
+			// Changes hold this lock while an endpoint's worker is replaced,
+			// when its cursor would otherwise be missing from the minimum.
+			h.routingChange.Lock()
+			_, err := endpoint.TrimBehind(ctx, h.msglog, h.delivery.Workers())
+			h.routingChange.Unlock()
+			if err != nil && ctx.Err() == nil {
 				h.log.Warn("trim message log", "error", err)
 			}
 		}

@@ -266,6 +266,14 @@ func freeTCPPort(t *testing.T) int {
 // runHub starts a hub with cfg for one test and stops it at the test's end.
 func runHub(t *testing.T, cfg *config.Config) (*hub.Hub, *testHub, *serviceapi.Client) {
 	t.Helper()
+	h, th, svc, _ := runHubStoppable(t, cfg)
+	return h, th, svc
+}
+
+// runHubStoppable is runHub with a stop function that returns once the hub
+// has shut down (it also runs at the test's end).
+func runHubStoppable(t *testing.T, cfg *config.Config) (*hub.Hub, *testHub, *serviceapi.Client, func()) {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +285,9 @@ func runHub(t *testing.T, cfg *config.Config) (*hub.Hub, *testHub, *serviceapi.C
 	}
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
 	<-h.Ready()
 	th := &testHub{mqttAddr: h.Addrs()["mqtts"], httpsAddr: h.Addrs()["https"], roots: poolOf(t, h)}
 	pols, err := hub.LoadPolicies(cfg.Moat.DataDir)
@@ -293,10 +303,10 @@ func runHub(t *testing.T, cfg *config.Config) (*hub.Hub, *testHub, *serviceapi.C
 		if err != nil {
 			t.Fatal(err)
 		}
-		return h, th, svc
+		return h, th, svc, stop
 	}
 	t.Fatal("no iothubowner policy")
-	return nil, nil, nil
+	return nil, nil, nil, nil
 }
 
 // TestNonTelemetryEventsRouted: lifecycle, connection state and twin change

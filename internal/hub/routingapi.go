@@ -6,17 +6,19 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/message"
 	"github.com/moat-iot/moat/internal/routing"
 )
 
-// RoutingPath serves the running routing configuration and route tests:
+// RoutingPath serves the running routing configuration, route tests and
+// (routingmgmt.go) changes to routes, endpoints and enrichments:
 //
 //	GET  /moat/routing                      routes, fallback, enrichments, endpoint names and kinds (RegistryRead)
 //	POST /moat/routing/routes/$test         evaluate one route against a sample message (RegistryRead)
 //	POST /moat/routing/routes/$testall      the routes a sample message matches (RegistryRead)
 //
-// Endpoint settings are not shown: they hold credentials.
+// Endpoint settings are never shown: they hold credentials.
 const RoutingPath = "/moat/routing"
 
 // RoutingView is the answer to GET RoutingPath.
@@ -85,6 +87,9 @@ type MatchedRoute struct {
 
 func (h *Hub) routingHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h.routingMgmt(w, r) {
+			return
+		}
 		// Tests change nothing, so RegistryRead is enough for all of this.
 		if err := h.authorizeRead(r); err != nil {
 			mgmtError(w, http.StatusUnauthorized, "IotHubUnauthorizedAccess", "Unauthorized")
@@ -92,8 +97,13 @@ func (h *Hub) routingHandler() http.Handler {
 		}
 		switch {
 		case r.URL.Path == RoutingPath && r.Method == http.MethodGet:
-			routes, fb := h.router.Routes()
-			writeMgmtJSON(w, RoutingView{Routes: routes, FallbackRoute: fb, Enrichments: h.cfg.Properties.Routing.Enrichments, Endpoints: h.endpointViews()})
+			st := h.routingNow()
+			routes, fb := st.router.Routes()
+			enr := st.cfg.Enrichments
+			if enr == nil {
+				enr = []routing.Enrichment{}
+			}
+			writeMgmtJSON(w, RoutingView{Routes: routes, FallbackRoute: fb, Enrichments: enr, Endpoints: endpointViews(st.cfg)})
 		case r.URL.Path == RoutingPath+"/routes/$test" && r.Method == http.MethodPost:
 			var in TestRouteInput
 			if !readMgmtJSON(w, r, &in) {
@@ -101,7 +111,7 @@ func (h *Hub) routingHandler() http.Handler {
 			}
 			rt := in.Route
 			if rt == nil {
-				routes, _ := h.router.Routes()
+				routes, _ := h.routingNow().router.Routes()
 				for i := range routes {
 					if routes[i].Name == in.RouteName {
 						rt = &routes[i]
@@ -137,7 +147,7 @@ func (h *Hub) routingHandler() http.Handler {
 				return
 			}
 			out := TestAllRoutesResult{Routes: []MatchedRoute{}}
-			for _, rt := range h.router.Matching(input) {
+			for _, rt := range h.routingNow().router.Matching(input) {
 				out.Routes = append(out.Routes, MatchedRoute{Properties: rt})
 			}
 			writeMgmtJSON(w, out)
@@ -190,27 +200,11 @@ func testInput(w http.ResponseWriter, source string, tm TestMessage, twinDoc jso
 	return in, true
 }
 
-// endpointViews lists every endpoint with its kind.
-func (h *Hub) endpointViews() []EndpointView {
-	eps := h.cfg.Properties.Routing.Endpoints
+// endpointViews lists every endpoint with its type.
+func endpointViews(rc config.Routing) []EndpointView {
 	out := []EndpointView{{Name: routing.BuiltInEvents, Type: "builtInEvents"}}
-	for _, e := range eps.WebHooks {
-		out = append(out, EndpointView{e.Name, "webhook"})
-	}
-	for _, e := range eps.MQTTBridges {
-		out = append(out, EndpointView{e.Name, "mqttBridge"})
-	}
-	for _, e := range eps.NATS {
-		out = append(out, EndpointView{e.Name, "nats"})
-	}
-	for _, e := range eps.EventHubs {
-		out = append(out, EndpointView{e.Name, "eventHub"})
-	}
-	for _, e := range eps.Kafka {
-		out = append(out, EndpointView{e.Name, "kafka"})
-	}
-	for _, e := range eps.StorageContainers {
-		out = append(out, EndpointView{e.Name, "storageContainer"})
+	for _, e := range rc.CustomEndpoints() {
+		out = append(out, EndpointView{Name: e.Name, Type: e.Type})
 	}
 	return out
 }

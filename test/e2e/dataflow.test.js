@@ -193,3 +193,43 @@ test('mosquitto_pub on factory/line1/temp reaches the bridged broker and blob st
   await h.sleep(500);
   assert.ok(!downstream.out.includes('pressure'), `pressure was bridged: ${downstream.out}`);
 });
+
+test('routes and endpoints created, changed and deleted with the moat CLI while the hub runs', T, async () => {
+  const plc = await newPlc(h.uniqueId('plc'));
+  const ok = async (args) => {
+    const r = await hubCli(args);
+    assert.equal(r.code, 0, `moat ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout.trim() ? JSON.parse(r.stdout) : null;
+  };
+  const bridge = JSON.stringify({ url: `tcp://${addr}:${brokerPort}`, topicTemplate: 'dataflow/live/{deviceId}/{topic}', qos: 1 });
+  const ep = await ok(['endpoint', 'create', '--endpoint-name', 'live-broker', '--endpoint-type', 'mqttBridge', '--properties', bridge]);
+  assert.deepEqual(ep, { name: 'live-broker', type: 'mqttBridge' });
+  const again = await hubCli(['endpoint', 'create', '--endpoint-name', 'live-broker', '--endpoint-type', 'mqttBridge', '--properties', bridge]);
+  assert.notEqual(again.code, 0, 'a second create of the same endpoint must fail');
+  assert.match(again.stderr, /409|already exists/);
+
+  await ok(['route', 'create', '--name', 'pressure-live', '--source', 'MqttTopics', '--topic-filter', 'factory/+/pressure', '--endpoint-name', 'live-broker']);
+  const routes = await ok(['route', 'list']);
+  assert.ok(routes.some((r) => r.name === 'pressure-live' && r.topicFilter === 'factory/+/pressure'), JSON.stringify(routes));
+
+  let r = await pub(plc, 'factory/line2/pressure', '{"bar":3.3}');
+  assert.equal(r.code, 0, `mosquitto_pub: ${r.stderr}`);
+  await h.waitFor(() => downstream.out.includes(`dataflow/live/${plc.id}/factory/line2/pressure {"bar":3.3}`),
+    { timeout: 15000, what: `the newly routed message (downstream saw: ${downstream.out})` });
+
+  // In use by a route: refused, with the reason.
+  const del = await hubCli(['endpoint', 'delete', '--endpoint-name', 'live-broker']);
+  assert.notEqual(del.code, 0);
+  assert.match(del.stderr, /route pressure-live/);
+
+  // Disabled: no longer delivered.
+  await ok(['route', 'update', '--name', 'pressure-live', '--enabled', 'false']);
+  r = await pub(plc, 'factory/line2/pressure', '{"bar":4.4}');
+  assert.equal(r.code, 0);
+  await ok(['route', 'delete', '--name', 'pressure-live']);
+  await ok(['endpoint', 'delete', '--endpoint-name', 'live-broker']);
+  const eps = await ok(['endpoint', 'list']);
+  assert.ok(!eps.some((e) => e.name === 'live-broker'), JSON.stringify(eps));
+  await h.sleep(500);
+  assert.ok(!downstream.out.includes('{"bar":4.4}'), `a disabled route delivered: ${downstream.out}`);
+});
