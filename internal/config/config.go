@@ -114,6 +114,27 @@ type MoatRouting struct {
 	// to the endpoint's dead letters (Go duration, default "1h" like IoT
 	// Hub, which does not let it be changed).
 	RetryPeriod string `json:"retryPeriod,omitempty"`
+	// ConnectionStateSnapshot is how often connection state events are
+	// published (Go duration, default "60s"): like IoT Hub, each device or
+	// module whose state changed since the last snapshot gets one event with
+	// its current state and the sequence number of its latest change. "0s"
+	// publishes every change as it happens.
+	ConnectionStateSnapshot string `json:"connectionStateSnapshot,omitempty"`
+}
+
+// DefaultConnectionStateSnapshot is IoT Hub's snapshot period.
+const DefaultConnectionStateSnapshot = time.Minute
+
+// ConnectionStateSnapshotPeriod returns the snapshot period (0: every change).
+func (m MoatRouting) ConnectionStateSnapshotPeriod() (time.Duration, error) {
+	if m.ConnectionStateSnapshot == "" {
+		return DefaultConnectionStateSnapshot, nil
+	}
+	d, err := time.ParseDuration(m.ConnectionStateSnapshot)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a duration of 0s or more (such as 60s)", m.ConnectionStateSnapshot)
+	}
+	return d, nil
 }
 
 // NetworkPolicy assembles the network properties for package netpolicy.
@@ -204,6 +225,9 @@ func (c *Config) Validate() error {
 		} else {
 			bad("properties", "%v", err)
 		}
+	}
+	if _, err := c.Moat.Routing.ConnectionStateSnapshotPeriod(); err != nil {
+		bad("moat.routing.connectionStateSnapshot", "%v", err)
 	}
 	if rp := c.Moat.Routing.RetryPeriod; rp != "" {
 		if d, err := time.ParseDuration(rp); err != nil || d <= 0 {

@@ -773,6 +773,11 @@ func (s *StorageContainer) commitLocked(ctx context.Context) error {
 	}
 	if err != nil {
 		s.containerGoneLocked(err)
+		if bloberror.HasCode(err, bloberror.InvalidBlockList) {
+			// The staged blocks are gone (the container was deleted and
+			// made again, or storage dropped uncommitted blocks).
+			return fmt.Errorf("commit blob %s: %w: %w", u.name, ErrUnitLost, s.opError("commit", err))
+		}
 		return s.opError("commit blob "+u.name, err)
 	}
 	s.winData = true

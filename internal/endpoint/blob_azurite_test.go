@@ -336,6 +336,7 @@ func TestStorageContainerAzurite(t *testing.T) {
 		{"restart", testStorageRestartRedelivers},
 		{"outage", testStorageSurvivesStorageOutage},
 		{"deadletters", testStorageDeadLetters},
+		{"lostblocks", testStorageContainerDeletedMidWindow},
 		{"sas", testStorageSAS},
 		{"send", testStorageSend},
 	} {
@@ -800,5 +801,43 @@ func BenchmarkStorageContainer(b *testing.B) {
 			commit()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
+	}
+}
+
+// testStorageContainerDeletedMidWindow: the container is deleted while a blob's
+// blocks are staged. Those blocks are gone, so no retry of the commit can work;
+// the worker stages the messages again from the log into a new blob in the
+// re-created container, and nothing is dead-lettered even with a short retry
+// period.
+func testStorageContainerDeletedMidWindow(t *testing.T, az *azurite) {
+	containerName := testContainer(t)
+	log, dead := msglog.NewMemory(), msglog.NewMemory()
+	s := newTestStorage(t, az, 1500*time.Millisecond, func(c *StorageContainerConfig) {
+		c.ContainerName = containerName
+		c.Encoding = EncodingJSON
+	})
+	s.blockTarget = 1000 // blocks reach storage before the commit is due
+	w := newTestWorker(log, dead, s)
+	w.cfg.RetryPeriod = 5 * time.Second
+	runWorker(t, w)
+	blobAppend(t, log, "lost", 0, 20)
+	waitUntil(t, "20 messages staged", 10*time.Second, func() bool { return stagedRecords(s) == 20 && stagedBlocks(s) > 0 })
+	cc, err := container.NewClientFromConnectionString(az.ConnectionString(), containerName,
+		&container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: az.HTTPClient()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.Delete(context.Background(), nil); err != nil {
+		t.Fatalf("delete container: %v", err)
+	}
+	waitUntil(t, "cursor past every message", 20*time.Second, func() bool { return cursorAt(log, w) == 21 })
+	if dead.Last() != 0 {
+		t.Fatalf("%d dead letters; the messages should have been staged again", dead.Last())
+	}
+	got, count := decodeBlobs(t, listBlobs(t, az, containerName), EncodingJSON)
+	for i := range 20 {
+		if _, ok := got["lost/"+strconv.Itoa(i)]; !ok || count["lost/"+strconv.Itoa(i)] != 1 {
+			t.Fatalf("message %d: present %v, %d times", i, ok, count["lost/"+strconv.Itoa(i)])
+		}
 	}
 }

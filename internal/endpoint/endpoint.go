@@ -11,6 +11,7 @@ package endpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -53,6 +54,17 @@ type Batcher interface {
 	// dead-lettered its messages.
 	Discard()
 }
+
+// ErrUnitLost is what a Batcher's Flush returns (wrapped) when the pending
+// unit's staged data is gone from the downstream system, such as blocks of a
+// blob whose container was deleted and created again. No retry of that Flush
+// can succeed: the worker discards the unit and stages its messages again
+// from the log.
+var ErrUnitLost = errors.New("the staged unit is gone downstream")
+
+// maxUnitLosses bounds how often in a row a unit is staged again; past it the
+// loss counts as a failed flush (retries, then dead letters).
+const maxUnitLosses = 3
 
 // Health states, as IoT Hub reports them.
 const (
@@ -231,17 +243,29 @@ func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
 		committed = to
 		return nil
 	}
-	flush := func() error {
-		if err := w.flushUnit(ctx, b, committed, end); err != nil {
-			return err
+	losses := 0 // units lost downstream in a row
+	// flush commits the pending unit and the cursor past it. When the unit
+	// was lost downstream it reports rewound: the unit is discarded and
+	// reading starts again at the cursor.
+	flush := func() (rewound bool, err error) {
+		lost, err := w.flushUnit(ctx, b, committed, end, losses >= maxUnitLosses)
+		if err != nil {
+			return false, err
 		}
 		staged = 0
-		return commit(end)
+		if lost {
+			losses++
+			b.Discard()
+			end = committed
+			return true, nil
+		}
+		losses = 0
+		return false, commit(end)
 	}
 	for {
 		due := b.FlushDue()
 		if !due.IsZero() && !w.cfg.Now().Before(due) {
-			if err := flush(); err != nil {
+			if _, err := flush(); err != nil {
 				return err
 			}
 			continue
@@ -257,6 +281,7 @@ func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
 			continue
 		}
 		batch, offs := w.selectRecords(recs)
+		rewound := false
 		for len(batch) > 0 {
 			n, gaveUp, err := w.stage(ctx, b, batch)
 			if err != nil {
@@ -282,10 +307,16 @@ func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
 			if n == len(batch) {
 				break
 			}
-			if err := flush(); err != nil { // the unit is full
+			if rewound, err = flush(); err != nil { // the unit is full
 				return err
 			}
+			if rewound {
+				break
+			}
 			batch, offs = batch[n:], offs[n:]
+		}
+		if rewound {
+			continue
 		}
 		end = recs[len(recs)-1].Offset + 1
 		if staged == 0 {
@@ -325,19 +356,29 @@ func (w *Worker) stage(ctx context.Context, b Batcher, batch []message.Message) 
 // flushUnit flushes the pending unit, retrying like deliver; when the retry
 // period runs out it dead-letters the unit's messages, read again from the
 // log between from and to, and discards the unit.
-func (w *Worker) flushUnit(ctx context.Context, b Batcher, from, to uint64) error {
-	gaveUp, err := w.attempt(ctx, func() error { return b.Flush(ctx) })
-	if err != nil {
+func (w *Worker) flushUnit(ctx context.Context, b Batcher, from, to uint64, noRestage bool) (lost bool, err error) {
+	gaveUp, err := w.attempt(ctx, func() error {
+		err := b.Flush(ctx)
+		if errors.Is(err, ErrUnitLost) && !noRestage {
+			lost = true
+			return nil
+		}
 		return err
+	})
+	if err != nil || lost {
+		if lost {
+			w.cfg.Logger.Warn("staged unit lost downstream; staging its messages again from the log", "endpoint", w.cfg.Name)
+		}
+		return lost, err
 	}
 	if gaveUp == nil {
-		return nil
+		return false, nil
 	}
 	if err := w.deadLetterRange(ctx, from, to, nil, gaveUp); err != nil {
-		return err
+		return false, err
 	}
 	b.Discard()
-	return nil
+	return false, nil
 }
 
 // deadLetterRange dead-letters the messages routed here between offsets from

@@ -77,6 +77,11 @@ type Hub struct {
 	conns   *transport.Conns
 
 	connSeq atomic.Uint64 // sequence numbers of connection state events
+	// connPending holds each identity's latest connection change until the
+	// next snapshot (every connSnapshot; 0 publishes changes at once).
+	connMu       sync.Mutex
+	connPending  map[[2]string]connChange
+	connSnapshot time.Duration
 	// routing is the routing in force, replaced whole on each change;
 	// routingChange serialises changes (routes.go, routingmgmt.go).
 	routing       atomic.Pointer[routingState]
@@ -111,6 +116,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	// Sequence numbers of connection state events keep increasing across
 	// restarts, as IoT Hub's do.
 	h.connSeq.Store(uint64(time.Now().UnixNano()))
+	h.connPending = map[[2]string]connChange{}
+	var err error
+	if h.connSnapshot, err = cfg.Moat.Routing.ConnectionStateSnapshotPeriod(); err != nil {
+		return nil, fmt.Errorf("moat.routing.connectionStateSnapshot: %w", err)
+	}
 	h.hostName = cfg.Properties.HostName
 	if h.hostName == "" {
 		h.hostName = config.DefaultHostName
@@ -419,10 +429,14 @@ func (h *Hub) Run(ctx context.Context) error {
 	// closes (close runs after Run's wait).
 	var workers sync.WaitGroup
 	defer func() { cancel(); workers.Wait() }()
-	workers.Add(1)
+	workers.Add(2)
 	go func() {
 		defer workers.Done()
 		h.trimLog(runCtx)
+	}()
+	go func() {
+		defer workers.Done()
+		h.publishConnectionStates(runCtx)
 	}()
 	h.delivery.Start(runCtx)
 	defer func() { cancel(); h.delivery.Wait() }()

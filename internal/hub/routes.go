@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -284,10 +286,65 @@ func (h *Hub) logEvent(m message.Message) {
 	})
 }
 
-// connectionChanged logs IoT Hub's connection state event for routing. It is
-// best effort, like IoT Hub's own: the event is not what a device waits for.
+// connChange is a device's or module's latest connection change since the
+// last snapshot.
+type connChange struct {
+	connected bool
+	seq       uint64
+	at        time.Time
+}
+
+// connectionChanged records a connection change for IoT Hub's connection
+// state events: published at once, or with the next snapshot (the default,
+// as IoT Hub does), where only the latest change of each identity counts.
+// Events are best effort, like IoT Hub's own: no device waits for them.
 func (h *Hub) connectionChanged(deviceID, moduleID string, connected bool) {
-	h.logEvent(routing.ConnectionStateEvent(h.hubName(), deviceID, moduleID, connected, h.connSeq.Add(1), time.Now()))
+	c := connChange{connected: connected, seq: h.connSeq.Add(1), at: time.Now()}
+	if h.connSnapshot <= 0 {
+		h.logEvent(routing.ConnectionStateEvent(h.hubName(), deviceID, moduleID, connected, c.seq, c.at))
+		return
+	}
+	h.connMu.Lock()
+	h.connPending[[2]string{deviceID, moduleID}] = c
+	h.connMu.Unlock()
+}
+
+// publishConnectionStates publishes the pending connection state events every
+// snapshot period, and once more when ctx ends.
+func (h *Hub) publishConnectionStates(ctx context.Context) {
+	if h.connSnapshot <= 0 {
+		return
+	}
+	t := time.NewTicker(h.connSnapshot)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			h.flushConnectionStates()
+			return
+		case <-t.C:
+			h.flushConnectionStates()
+		}
+	}
+}
+
+func (h *Hub) flushConnectionStates() {
+	h.connMu.Lock()
+	pending := h.connPending
+	h.connPending = map[[2]string]connChange{}
+	h.connMu.Unlock()
+	type ev struct {
+		id [2]string
+		connChange
+	}
+	evs := make([]ev, 0, len(pending))
+	for id, c := range pending {
+		evs = append(evs, ev{id, c})
+	}
+	slices.SortFunc(evs, func(a, b ev) int { return cmp.Compare(a.seq, b.seq) })
+	for _, e := range evs {
+		h.logEvent(routing.ConnectionStateEvent(h.hubName(), e.id[0], e.id[1], e.connected, e.seq, e.at))
+	}
 }
 
 // logTrimInterval is how often the log is trimmed behind the slowest endpoint.

@@ -336,7 +336,9 @@ func TestNonTelemetryEventsRouted(t *testing.T) {
 				{Name: "twins", Source: routing.SourceTwinChangeEvents, Condition: "opType = 'updateTwin'", EndpointNames: []string{"conn"}, IsEnabled: true},
 			},
 		}},
-		Moat: config.Moat{DataDir: t.TempDir(), Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off}},
+		// Every change at once: the snapshot has its own test.
+		Moat: config.Moat{DataDir: t.TempDir(), Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off},
+			Routing: config.MoatRouting{ConnectionStateSnapshot: "0s"}},
 	}
 	_, th2, svc := runHub(t, cfg)
 	d, err := svc.CreateDevice(ctxT(t, 5*time.Second), registry.Device{DeviceID: "edge1"})
@@ -390,5 +392,114 @@ func TestNonTelemetryEventsRouted(t *testing.T) {
 	}
 	if !strings.Contains(string(got[0].Body), `"properties"`) {
 		t.Fatalf("create event body is not the twin: %s", got[0].Body)
+	}
+}
+
+// TestConnectionStateSnapshot: as in IoT Hub, connection state events are a
+// periodic snapshot: an identity whose state changed during the period gets
+// one event with its current state and its latest change's sequence number;
+// one that did not change gets none.
+func TestConnectionStateSnapshot(t *testing.T) {
+	var mu sync.Mutex
+	var got []endpoint.WebhookRecord
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var batch []endpoint.WebhookRecord
+		if err := json.NewDecoder(r.Body).Decode(&batch); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		got = append(got, batch...)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	loop, off := hostName+":0", ""
+	const period = 700 * time.Millisecond
+	cfg := &config.Config{
+		Properties: config.Properties{HostName: hostName, Routing: config.Routing{
+			Endpoints: config.RoutingEndpoints{WebHooks: []endpoint.WebhookConfig{{Name: "conn", URL: srv.URL}}},
+			Routes:    []routing.Route{{Name: "conn", Source: routing.SourceConnectionStateEvents, EndpointNames: []string{"conn"}, IsEnabled: true}},
+		}},
+		Moat: config.Moat{DataDir: t.TempDir(), Listeners: config.Listeners{MQTT: &loop, HTTPS: &loop, Metrics: &off},
+			Routing: config.MoatRouting{ConnectionStateSnapshot: period.String()}},
+	}
+	_, th2, svc := runHub(t, cfg)
+	dev := map[string]registry.Device{}
+	for _, id := range []string{"flappy", "steady"} {
+		d, err := svc.CreateDevice(ctxT(t, 5*time.Second), registry.Device{DeviceID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev[id] = d
+	}
+	connect := func(id string) *rawClient {
+		c := dialTo(t, th2)
+		c.mustConnect(4, id, deviceToken(t, dev[id], time.Hour), true)
+		c.ping()
+		return c
+	}
+	events := func() []endpoint.WebhookRecord {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]endpoint.WebhookRecord(nil), got...)
+	}
+	waitEvents := func(n int) []endpoint.WebhookRecord {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for len(events()) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d events, want %d: %v", len(events()), n, events())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(period + 200*time.Millisecond) // and no more
+		evs := events()
+		if len(evs) != n {
+			t.Fatalf("%d events, want exactly %d", len(evs), n)
+		}
+		return evs
+	}
+	seqOf := func(e endpoint.WebhookRecord) string {
+		var b struct{ SequenceNumber string }
+		if err := json.Unmarshal(e.Body, &b); err != nil || len(b.SequenceNumber) != 16 {
+			t.Fatalf("body %s: want {\"sequenceNumber\":\"<16 hex digits>\"}", e.Body)
+		}
+		return b.SequenceNumber
+	}
+
+	// flappy connects, drops and comes back within one period: one event,
+	// connected; steady connects once: one event.
+	start := time.Now()
+	f1 := connect("flappy")
+	f1.conn.Close()
+	time.Sleep(50 * time.Millisecond)
+	f2 := connect("flappy")
+	s := connect("steady")
+	defer s.conn.Close()
+	if time.Since(start) > period/2 {
+		t.Skip("the machine is too slow to fit the changes into one snapshot period")
+	}
+	evs := waitEvents(2)
+	ops := map[string]string{}
+	for _, e := range evs {
+		ops[e.Properties["deviceId"]] = e.Properties["opType"]
+	}
+	if ops["flappy"] != "deviceConnected" || ops["steady"] != "deviceConnected" {
+		t.Fatalf("first snapshot %v, want both connected", ops)
+	}
+	first := map[string]string{}
+	for _, e := range evs {
+		first[e.Properties["deviceId"]] = seqOf(e)
+	}
+
+	// Only flappy changes in the next period.
+	f2.conn.Close()
+	evs = waitEvents(3)
+	last := evs[2]
+	if last.Properties["deviceId"] != "flappy" || last.Properties["opType"] != "deviceDisconnected" {
+		t.Fatalf("second snapshot %+v, want flappy disconnected", last.Properties)
+	}
+	if seqOf(last) <= first["flappy"] { // fixed-width hex: string order is numeric order
+		t.Fatalf("sequence number %s not after %s", seqOf(last), first["flappy"])
 	}
 }
