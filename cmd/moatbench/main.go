@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"regexp"
 	"syscall"
 
 	"github.com/moat-iot/moat/internal/bench"
@@ -25,7 +26,16 @@ func main() {
 	flag.StringVar(&cfg.HubIP, "hub-ip", "127.0.0.50", "loopback address for the hub")
 	flag.StringVar(&cfg.MosquittoIP, "mosquitto-ip", "127.0.0.51", "loopback address for Mosquitto")
 	flag.IntVar(&cfg.HTTPSPort, "https-port", 443, "the hub's REST port")
+	only := flag.String("only", "", `run only the scenarios whose label matches this regular expression (labels: "d2c qos0|1 TARGET", "paced TARGET", "twin reads", "twin updates", "c2d", "storm TARGET", "idle"; targets moat-plain, moat-tls, moat-plain-routed-1, moat-plain-routed-3, mosquitto)`)
 	flag.Parse()
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "moatbench: --only: %v\n", err)
+			os.Exit(2)
+		}
+		cfg.Only = re
+	}
 	cfg.Log = os.Stderr
 
 	switch cfg.MosquittoBin {

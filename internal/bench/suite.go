@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"time"
 )
@@ -23,7 +24,11 @@ type Config struct {
 	HubIP        string // loopback address of the hub (default 127.0.0.50)
 	MosquittoIP  string // loopback address of Mosquitto (default 127.0.0.51)
 	HTTPSPort    int    // the hub's REST port (default 443)
-	Log          io.Writer
+	// Only, when set, runs just the scenarios whose label it matches:
+	// "d2c qos0|1 TARGET", "paced TARGET" (needs its d2c qos1 run),
+	// "twin reads", "twin updates", "c2d", "storm TARGET", "idle".
+	Only *regexp.Regexp
+	Log  io.Writer
 }
 
 // Sizes are the suite's knobs; Standard and Quick give the two presets.
@@ -223,8 +228,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	// Device-to-cloud: every target at QoS 0 and QoS 1 as fast as it goes,
 	// then QoS 1 paced at half of that target's peak for latency.
+	selected := func(label string) bool { return cfg.Only == nil || cfg.Only.MatchString(label) }
 	for _, qos := range []byte{0, 1} {
 		for _, tg := range targets {
+			if !selected(fmt.Sprintf("d2c qos%d %s", qos, tg.name)) {
+				continue
+			}
 			p := D2CParams{Devices: sizes.D2CDevices, Messages: sizes.D2CMessages, Bytes: sizes.D2CBytes, QoS: qos, Window: sizes.D2CWindow, Timeout: sizes.ScenarioTimeout}
 			logf("d2c qos%d on %s: %d devices x %d messages x %d B", qos, tg.name, p.Devices, p.Messages, p.Bytes)
 			r := runD2C(ctx, tg, p)
@@ -232,7 +241,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			rep.Results = append(rep.Results, r)
 		}
 	}
-	if sub1 != nil {
+	if sub1 != nil && selected("d2c qos1 "+sub1.name) {
 		p := D2CParams{Devices: sizes.D2CDevices, Messages: sizes.D2CMessages, Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Timeout: sizes.ScenarioTimeout}
 		logf("d2c qos1 on %s", sub1.name)
 		r := runD2C(ctx, *sub1, p)
@@ -241,7 +250,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	for _, tg := range targets {
 		peak := rep.find("d2c qos1", tg.name)
-		if peak == nil || peak.Rate <= 0 || peak.ReceiveRate <= 0 {
+		if peak == nil || peak.Rate <= 0 || peak.ReceiveRate <= 0 || !selected("paced "+tg.name) {
 			continue
 		}
 		// Peak is what arrives end to end: pacing at half of the PUBACK rate
@@ -267,19 +276,23 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		mosq = nil
 	}
 
-	logf("twin reads")
-	r := runTwins(ctx, h, false, sizes.TwinDevices, sizes.TwinWorkers, sizes.TwinDuration)
-	logResult(logf, r)
-	rep.Results = append(rep.Results, r)
-	logf("twin updates")
-	r = runTwins(ctx, h, true, sizes.TwinDevices, sizes.TwinWorkers, sizes.TwinDuration)
-	logResult(logf, r)
-	rep.Results = append(rep.Results, r)
+	for _, update := range []bool{false, true} {
+		label := map[bool]string{false: "twin reads", true: "twin updates"}[update]
+		if !selected(label) {
+			continue
+		}
+		logf("%s", label)
+		r := runTwins(ctx, h, update, sizes.TwinDevices, sizes.TwinWorkers, sizes.TwinDuration)
+		logResult(logf, r)
+		rep.Results = append(rep.Results, r)
+	}
 
-	logf("c2d: %d messages to %d devices", sizes.C2DMessages, sizes.C2DDevices)
-	r = runC2D(ctx, h, plain, sizes.C2DDevices, sizes.C2DMessages, sizes.C2DWorkers, sizes.ScenarioTimeout)
-	logResult(logf, r)
-	rep.Results = append(rep.Results, r)
+	if selected("c2d") {
+		logf("c2d: %d messages to %d devices", sizes.C2DMessages, sizes.C2DDevices)
+		r := runC2D(ctx, h, plain, sizes.C2DDevices, sizes.C2DMessages, sizes.C2DWorkers, sizes.ScenarioTimeout)
+		logResult(logf, r)
+		rep.Results = append(rep.Results, r)
+	}
 
 	if ctx.Err() != nil {
 		return finish(rep, started), ctx.Err()
@@ -289,6 +302,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		name string
 		d    deviceDialer
 	}{{TargetMoatTLS, secure}, {TargetMoatPlain, plain}} {
+		if !selected("storm " + tg.name) {
+			continue
+		}
 		logf("connect storm on %s: %d connects, %d dialers", tg.name, sizes.StormConnects, sizes.StormDialers)
 		r := runConnectStorm(ctx, tg.d, tg.name, sizes.StormConnects, sizes.StormDialers, stormDevices, h.pid(), sizes.ScenarioTimeout)
 		logResult(logf, r)
@@ -297,6 +313,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	if ctx.Err() != nil {
 		return finish(rep, started), ctx.Err()
+	}
+	if !selected("idle") {
+		return finish(rep, started), nil
 	}
 	// Idle connections on a fresh hub process, so that memory the earlier
 	// scenarios left in its heap does not hide the per-connection cost.

@@ -340,7 +340,11 @@ func (h *Hub) putEndpoint(r *http.Request, name string, spec EndpointSpec) (crea
 	if !exists {
 		// Before the worker exists and before the file names the
 		// endpoint, so that a crash leaves at worst an unused cursor.
-		if err := h.msglog.Commit(ctx, "endpoint/"+name, h.msglog.Last()+1); err != nil {
+		err := h.msglog.Commit(ctx, "endpoint/"+name, h.msglog.Last()+1)
+		if err == nil {
+			err = h.msglog.Sync(ctx)
+		}
+		if err != nil {
 			sink.Close()
 			return false, fmt.Errorf("endpoint %s: start cursor: %w", name, err)
 		}

@@ -114,6 +114,9 @@ func (m *Memory) Cursor(ctx context.Context, consumer string) (uint64, error) {
 	return 1, nil
 }
 
+// Sync implements Log; memory has nothing to sync.
+func (m *Memory) Sync(ctx context.Context) error { return ctx.Err() }
+
 // Commit implements Log.
 func (m *Memory) Commit(ctx context.Context, consumer string, next uint64) error {
 	if err := ctx.Err(); err != nil {

@@ -35,8 +35,15 @@ type Log interface {
 	// Cursor returns a consumer's committed position: the next offset it will
 	// read (1 for a new consumer).
 	Cursor(ctx context.Context, consumer string) (uint64, error)
-	// Commit durably records that consumer has handled everything before next.
+	// Commit records that consumer has handled everything before next. It
+	// does not wait for the disk: the position becomes durable with the log's
+	// next sync (any Append, Trim or Sync), so a crash may forget the latest
+	// commits and the consumer then reads those records again — at least
+	// once, never lost. Endpoint workers commit after every batch; an fsync
+	// each time would cost more than the delivery.
 	Commit(ctx context.Context, consumer string, next uint64) error
+	// Sync makes every earlier Commit durable.
+	Sync(ctx context.Context) error
 	// Trim deletes records below offset (retention); readers of trimmed
 	// offsets get the first remaining record.
 	Trim(ctx context.Context, below uint64) error

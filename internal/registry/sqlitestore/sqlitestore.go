@@ -36,10 +36,13 @@ type Store struct {
 }
 
 const (
-	sqlGetDevice  = `SELECT status, identity, twin, connected, conn_updated, last_activity FROM devices WHERE device_id = ?`
-	sqlGetModule  = `SELECT '', identity, twin, connected, conn_updated, last_activity FROM modules WHERE device_id = ? AND module_id = ?`
-	sqlUpdDevice  = `UPDATE devices SET status = ?, identity = ?, twin = ? WHERE device_id = ?`
-	sqlUpdModule  = `UPDATE modules SET identity = ?, twin = ? WHERE device_id = ? AND module_id = ?`
+	sqlGetDevice = `SELECT status, identity, twin, connected, conn_updated, last_activity FROM devices WHERE device_id = ?`
+	sqlGetModule = `SELECT '', identity, twin, connected, conn_updated, last_activity FROM modules WHERE device_id = ? AND module_id = ?`
+	sqlUpdDevice = `UPDATE devices SET status = ?, identity = ?, twin = ? WHERE device_id = ?`
+	sqlUpdModule = `UPDATE modules SET identity = ?, twin = ? WHERE device_id = ? AND module_id = ?`
+	// The compare-and-swap forms of the updates (see Update).
+	sqlCASDevice  = `UPDATE devices SET status = ?, identity = ?, twin = ? WHERE device_id = ? AND status = ? AND identity = ? AND twin = ?`
+	sqlCASModule  = `UPDATE modules SET identity = ?, twin = ? WHERE device_id = ? AND module_id = ? AND identity = ? AND twin = ?`
 	sqlConnDevice = `UPDATE devices SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ?`
 	sqlConnModule = `UPDATE modules SET connected = ?, conn_updated = ?, last_activity = ? WHERE device_id = ? AND module_id = ?`
 )
@@ -49,6 +52,7 @@ const (
 type statements struct {
 	getDevice, getModule   *sql.Stmt
 	updDevice, updModule   *sql.Stmt
+	casDevice, casModule   *sql.Stmt
 	connDevice, connModule *sql.Stmt
 }
 
@@ -62,7 +66,7 @@ func prepare(ctx context.Context, db *sql.DB, writer bool) (statements, error) {
 		list = append(list, []struct {
 			dst **sql.Stmt
 			q   string
-		}{{&st.updDevice, sqlUpdDevice}, {&st.updModule, sqlUpdModule}, {&st.connDevice, sqlConnDevice}, {&st.connModule, sqlConnModule}}...)
+		}{{&st.updDevice, sqlUpdDevice}, {&st.updModule, sqlUpdModule}, {&st.casDevice, sqlCASDevice}, {&st.casModule, sqlCASModule}, {&st.connDevice, sqlConnDevice}, {&st.connModule, sqlConnModule}}...)
 	}
 	for _, l := range list {
 		stmt, err := db.PrepareContext(ctx, l.q)
@@ -76,7 +80,7 @@ func prepare(ctx context.Context, db *sql.DB, writer bool) (statements, error) {
 }
 
 func (st statements) close() {
-	for _, s := range []*sql.Stmt{st.getDevice, st.getModule, st.updDevice, st.updModule, st.connDevice, st.connModule} {
+	for _, s := range []*sql.Stmt{st.getDevice, st.getModule, st.updDevice, st.updModule, st.casDevice, st.casModule, st.connDevice, st.connModule} {
 		if s != nil {
 			s.Close()
 		}
@@ -291,8 +295,58 @@ func (s *Store) Create(ctx context.Context, rec *registry.Record) error {
 	})
 }
 
-// Update implements registry.Store.
+// optimisticTries is how often Update tries a compare-and-swap before it
+// falls back to reading and writing inside the writer's transaction.
+const optimisticTries = 3
+
+// Update implements registry.Store. The single writer is the registry's
+// bottleneck, so the read and fn (decoding, merging and encoding a twin: most
+// of an update's work) run on the caller's goroutine against the committed
+// record, and the writer only swaps the new values in if the row still holds
+// the ones fn saw. A conflicting write makes the swap miss and the update
+// start again; after optimisticTries misses it runs wholly in the writer,
+// which cannot miss.
 func (s *Store) Update(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) error {
+	for range optimisticTries {
+		cur, err := s.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		old := *cur // fn replaces the slices, it does not write into them
+		if err := fn(cur); err != nil {
+			return err
+		}
+		swapped, err := s.swap(ctx, key, &old, cur)
+		if err != nil || swapped {
+			return err
+		}
+	}
+	return s.updateInWriter(ctx, key, fn)
+}
+
+// swap writes rec's values if the row still holds old's.
+func (s *Store) swap(ctx context.Context, key registry.Key, old, rec *registry.Record) (bool, error) {
+	defer s.invalidating(key)()
+	var n int64
+	err := s.inTx(ctx, "update "+key.String(), func(tx *sql.Tx) error {
+		var res sql.Result
+		var err error
+		if key.ModuleID == "" {
+			res, err = in(ctx, tx, s.write.casDevice).ExecContext(ctx, rec.Status, rec.Identity, rec.Twin, key.DeviceID, old.Status, old.Identity, old.Twin)
+		} else {
+			res, err = in(ctx, tx, s.write.casModule).ExecContext(ctx, rec.Identity, rec.Twin, key.DeviceID, key.ModuleID, old.Identity, old.Twin)
+		}
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n == 1, err
+}
+
+// updateInWriter reads and writes in one writer transaction.
+func (s *Store) updateInWriter(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) error {
 	defer s.invalidating(key)()
 	return s.inTx(ctx, "update "+key.String(), func(tx *sql.Tx) error {
 		rec, err := getRecord(ctx, in(ctx, tx, s.write.getDevice), in(ctx, tx, s.write.getModule), key)

@@ -365,8 +365,20 @@ func testCountDevices(t *testing.T, s registry.Store) {
 // testConcurrentUpdates checks that read-modify-write through Update is
 // atomic: parallel increments all land.
 func testConcurrentUpdates(t *testing.T, s registry.Store) {
+	for _, key := range []registry.Key{{DeviceID: "d1"}, {DeviceID: "d1", ModuleID: "m1"}} {
+		concurrentUpdates(t, s, key)
+	}
+}
+
+// concurrentUpdates increments a counter in key's twin from several
+// goroutines at once: no increment may be lost.
+func concurrentUpdates(t *testing.T, s registry.Store, key registry.Key) {
 	ctx := context.Background()
-	mustCreate(t, s, dev("d1", "enabled"))
+	if key.ModuleID == "" {
+		mustCreate(t, s, dev(key.DeviceID, "enabled"))
+	} else {
+		mustCreate(t, s, &registry.Record{Key: key, Identity: []byte(`{}`), Twin: []byte(`{"version":1}`)})
+	}
 	const workers, each = 8, 25
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -375,7 +387,7 @@ func testConcurrentUpdates(t *testing.T, s registry.Store) {
 		go func() {
 			defer wg.Done()
 			for range each {
-				err := s.Update(ctx, registry.Key{DeviceID: "d1"}, func(cur *registry.Record) error {
+				err := s.Update(ctx, key, func(cur *registry.Record) error {
 					var n int
 					if _, err := fmt.Sscanf(string(cur.Twin), `{"version":%d}`, &n); err != nil {
 						return err
@@ -395,8 +407,8 @@ func testConcurrentUpdates(t *testing.T, s registry.Store) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	got, _ := s.Get(ctx, registry.Key{DeviceID: "d1"})
+	got, _ := s.Get(ctx, key)
 	if want := fmt.Sprintf(`{"version":%d}`, 1+workers*each); string(got.Twin) != want {
-		t.Errorf("after concurrent updates twin = %s, want %s", got.Twin, want)
+		t.Errorf("%s: after concurrent updates twin = %s, want %s", key, got.Twin, want)
 	}
 }
