@@ -25,6 +25,7 @@ var ErrClosed = errors.New("groupcommit: writer closed")
 type job struct {
 	ctx  context.Context
 	fn   func(tx *sql.Tx) error
+	then func()
 	errc chan error
 }
 
@@ -53,7 +54,15 @@ func New(db *sql.DB) *Writer {
 // is committed. fn's own error is returned unchanged (its changes undone);
 // failures of the transaction itself are wrapped. fn must not keep tx.
 func (w *Writer) Do(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	j := &job{ctx: ctx, fn: fn, errc: make(chan error, 1)}
+	return w.DoThen(ctx, fn, nil)
+}
+
+// DoThen is Do with then run, when fn succeeded, on the writer's goroutine
+// right after the commit and before any later transaction: callers that
+// mirror committed state (a cache) see the commits in their order. then
+// must be quick and must not call the Writer.
+func (w *Writer) DoThen(ctx context.Context, fn func(tx *sql.Tx) error, then func()) error {
+	j := &job{ctx: ctx, fn: fn, then: then, errc: make(chan error, 1)}
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
@@ -148,6 +157,11 @@ func (w *Writer) commit(batch []*job) {
 	if err := tx.Commit(); err != nil {
 		fail(fmt.Errorf("groupcommit: commit: %w", err))
 		return
+	}
+	for i, j := range batch {
+		if results[i] == nil && j.then != nil {
+			j.then()
+		}
 	}
 	for i, j := range batch {
 		j.errc <- results[i]

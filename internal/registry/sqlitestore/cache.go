@@ -16,7 +16,9 @@ import (
 // A read that misses fills the cache only if no write started or finished
 // while it read, so it never installs a value a concurrent write superseded:
 // writes bump seq before they run and again after they commit, and the reader
-// compares seq before and after.
+// compares seq before and after. The compare-and-swap updates instead refresh
+// the entry from the writer goroutine right after their commit (in commit
+// order), bumping seq too.
 type recordCache struct {
 	mu      sync.Mutex
 	seq     uint64
@@ -89,6 +91,24 @@ func (c *recordCache) invalidate(k registry.Key) {
 		c.n--
 		delete(mods, k.ModuleID)
 	}
+}
+
+// refresh replaces a cached record's status, identity and twin with
+// committed values, keeping its connection state (which the caller did not
+// write and may hold stale). An absent entry stays absent: without one there
+// is no connection state known to be current. It runs on the writer's
+// goroutine after the commit, so refreshes apply in commit order.
+func (c *recordCache) refresh(rec *registry.Record) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	cur, ok := c.devices[rec.Key.DeviceID][rec.Key.ModuleID]
+	if !ok {
+		return
+	}
+	cp := *rec
+	cp.Conn = cur.Conn
+	c.devices[rec.Key.DeviceID][rec.Key.ModuleID] = &cp
 }
 
 // clear forgets everything (for writes to many identities at once).

@@ -324,11 +324,13 @@ func (s *Store) Update(ctx context.Context, key registry.Key, fn func(cur *regis
 	return s.updateInWriter(ctx, key, fn)
 }
 
-// swap writes rec's values if the row still holds old's.
+// swap writes rec's values if the row still holds old's. Unlike the other
+// writes it keeps the cache warm: the writer refreshes the cached record in
+// commit order (refresh keeps the cached connection state, which the swap
+// does not write), so a twin's next read after its update is a hit.
 func (s *Store) swap(ctx context.Context, key registry.Key, old, rec *registry.Record) (bool, error) {
-	defer s.invalidating(key)()
 	var n int64
-	err := s.inTx(ctx, "update "+key.String(), func(tx *sql.Tx) error {
+	err := s.inTxThen(ctx, "update "+key.String(), func(tx *sql.Tx) error {
 		var res sql.Result
 		var err error
 		if key.ModuleID == "" {
@@ -341,6 +343,10 @@ func (s *Store) swap(ctx context.Context, key registry.Key, old, rec *registry.R
 		}
 		n, err = res.RowsAffected()
 		return err
+	}, func() {
+		if n == 1 {
+			s.cache.refresh(rec)
+		}
 	})
 	return n == 1, err
 }
@@ -531,7 +537,13 @@ func (p passThrough) Error() string { return p.err.Error() }
 // inTx runs fn in a write transaction, group-committed with other writes, and
 // returns once that transaction is durable.
 func (s *Store) inTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
-	err := s.gc.Do(ctx, fn)
+	return s.inTxThen(ctx, what, fn, nil)
+}
+
+// inTxThen is inTx with then run on the writer right after the commit (see
+// groupcommit.Writer.DoThen).
+func (s *Store) inTxThen(ctx context.Context, what string, fn func(tx *sql.Tx) error, then func()) error {
+	err := s.gc.DoThen(ctx, fn, then)
 	if err == nil {
 		return nil
 	}
