@@ -101,8 +101,11 @@ type Config struct {
 	RetryPeriod time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts.
 	MinBackoff, MaxBackoff time.Duration
-	// BatchSize bounds one Send (default 100).
-	BatchSize int
+	// BatchSize bounds one Send (default 500 messages); MaxBatchBytes bounds
+	// its encoded size (default 4 MiB), so a batch of large messages stays a
+	// reasonable request. A message larger than that goes alone.
+	BatchSize     int
+	MaxBatchBytes int
 	Logger    *slog.Logger
 	Now       func() time.Time
 }
@@ -131,7 +134,10 @@ func NewWorker(cfg Config) *Worker {
 		cfg.MaxBackoff = 30 * time.Second
 	}
 	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = 100
+		cfg.BatchSize = 500
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = 4 << 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -162,7 +168,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return w.stopped(ctx, w.runBatcher(ctx, b, next))
 	}
 	for {
-		recs, err := w.cfg.Log.Read(ctx, next, w.cfg.BatchSize)
+		recs, err := w.read(ctx, next)
 		if err != nil {
 			return w.stopped(ctx, fmt.Errorf("endpoint %s: read log: %w", w.cfg.Name, err))
 		}
@@ -183,6 +189,23 @@ func (w *Worker) Run(ctx context.Context) error {
 			return w.stopped(ctx, fmt.Errorf("endpoint %s: commit cursor: %w", w.cfg.Name, err))
 		}
 	}
+}
+
+// read reads the next batch of records from offset from, at most BatchSize
+// records and MaxBatchBytes bytes (but at least one record).
+func (w *Worker) read(ctx context.Context, from uint64) ([]msglog.Record, error) {
+	recs, err := w.cfg.Log.Read(ctx, from, w.cfg.BatchSize)
+	if err != nil {
+		return nil, err
+	}
+	size := 0
+	for i, r := range recs {
+		size += len(r.Data)
+		if size > w.cfg.MaxBatchBytes && i > 0 {
+			return recs[:i], nil
+		}
+	}
+	return recs, nil
 }
 
 // selectRecords decodes log records and keeps the messages routed to this
@@ -270,7 +293,7 @@ func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
 			}
 			continue
 		}
-		recs, err := w.cfg.Log.Read(ctx, end, w.cfg.BatchSize)
+		recs, err := w.read(ctx, end)
 		if err != nil {
 			return fmt.Errorf("endpoint %s: read log: %w", w.cfg.Name, err)
 		}

@@ -1,9 +1,11 @@
 package endpoint
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -478,3 +480,63 @@ func TestWorkerBatcherContract(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// TestBatchBytesBound: a batch stops at MaxBatchBytes (but holds at least one
+// message), so large messages do not make huge requests; all are delivered.
+func TestBatchBytesBound(t *testing.T) {
+	log := msglog.NewMemory()
+	body := bytes.Repeat([]byte("x"), 1000)
+	for range 10 {
+		rec, err := msglog.EncodeMessage(message.Message{Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := log.Append(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var sizes []int
+	sink := sinkFunc(func(batch []message.Message) error {
+		mu.Lock()
+		sizes = append(sizes, len(batch))
+		mu.Unlock()
+		return nil
+	})
+	w := NewWorker(Config{Name: "big", Log: log, Sink: sink, MaxBatchBytes: 2500, Logger: slog.New(slog.DiscardHandler),
+		Select: func(message.Message) (bool, map[string]string) { return true, nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, _ := log.Cursor(context.Background(), w.Consumer())
+		if c == 11 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cursor at %d, want 11", c)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for _, n := range sizes {
+		if n > 2 {
+			t.Fatalf("batch sizes %v: over 2500 bytes in one batch", sizes)
+		}
+		total += n
+	}
+	if total != 10 {
+		t.Fatalf("delivered %d of 10 (batches %v)", total, sizes)
+	}
+}
+
+// sinkFunc is a Sink made of a function.
+type sinkFunc func(batch []message.Message) error
+
+func (f sinkFunc) Send(_ context.Context, batch []message.Message) error { return f(batch) }
+func (sinkFunc) Close() error                                            { return nil }
