@@ -105,6 +105,7 @@ func summaryRows(rep *Report) []Row {
 		label = fmt.Sprintf("TLS + SAS connects, %d dialers", storm.Workers)
 	}
 	compare(label, "connects/s", "≥ 2,000", storm, nil, rate, connMet)
+	compare("TLS + SAS connects, hybrid post-quantum key exchange (Go client default)", "connects/s", "", rep.find("connect storm", TargetMoatTLSHybrid), nil, rate, nil)
 	compare("plain TCP + SAS connects", "connects/s", "", rep.find("connect storm", TargetMoatPlain), nil, rate, nil)
 	for _, r := range rep.Results {
 		if !strings.HasPrefix(r.Scenario, "idle ") {

@@ -28,6 +28,9 @@ import (
 const (
 	TargetMoatPlain = "moat-plain"
 	TargetMoatTLS   = "moat-tls"
+	// TargetMoatTLSHybrid is moat-tls with Go's default TLS client, which
+	// offers the hybrid post-quantum key exchange X25519MLKEM768.
+	TargetMoatTLSHybrid = "moat-tls-hybrid-kex"
 	// The routed targets publish plain MQTT telemetry that routes send to
 	// one or three webhook endpoints served by the generator.
 	TargetMoatRouted1 = "moat-plain-routed-1"

@@ -298,10 +298,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return finish(rep, started), ctx.Err()
 	}
 	stormDevices := min(sizes.StormConnects, nDevices)
+	hybrid := h.tlsConf.Clone()
+	hybrid.CurvePreferences = nil // Go's default: X25519MLKEM768 first
+	secureHybrid := deviceDialer{host: h.ip, addr: h.mqttTLS, tls: hybrid}
 	for _, tg := range []struct {
 		name string
 		d    deviceDialer
-	}{{TargetMoatTLS, secure}, {TargetMoatPlain, plain}} {
+	}{{TargetMoatTLS, secure}, {TargetMoatTLSHybrid, secureHybrid}, {TargetMoatPlain, plain}} {
 		if !selected("storm " + tg.name) {
 			continue
 		}
@@ -373,6 +376,7 @@ var standardCaveats = []string{
 	"The moat-plain and moat-tls runs read the live events stream (GET /moat/events, NDJSON over HTTPS), the fallback route's endpoint. It is best effort: it skips messages for a slow reader and says how many (dropped); 'lost' counts only messages that vanished without such notice.",
 	"Mosquitto's receiver is one MQTT subscriber to bench/# at QoS 0, like Moat's unacknowledged events stream; the mosquitto-sub-qos1 run subscribes at QoS 1 instead, which adds Mosquitto's acknowledged outbound flow.",
 	"QoS 1 rate = PUBACKs per second at the publishers (ingest); receive rate = first receipts per second at the receiver. The paced latency runs go at half of the lower of the two, the end-to-end peak.",
+	"TLS clients offer X25519 and P-256 key exchange, as the Azure IoT SDKs over OpenSSL 3 (Node 20, C) do; the moat-tls-hybrid-kex connect storm uses Go's default client instead, which offers the hybrid post-quantum X25519MLKEM768 (the hub accepts it when offered).",
 	"Unpaced runs' latencies are queueing delay (the generator publishes as fast as it can); only the paced runs' latencies are meaningful.",
 }
 

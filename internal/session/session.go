@@ -9,6 +9,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
@@ -27,8 +28,18 @@ type Store interface {
 	Close() error
 }
 
-// SQLiteStore is the single-node Store.
-type SQLiteStore struct{ db *sql.DB }
+// SQLiteStore is the single-node Store. It remembers which clients have
+// stored subscriptions (it is the database's only writer), so that the
+// common case — a clean-session connect, which forgets any old session, or a
+// persistent one with nothing stored — costs no database round trip on the
+// connect path.
+type SQLiteStore struct {
+	db *sql.DB
+
+	// mu serialises Save and Delete, so that stored stays what the table holds.
+	mu     sync.Mutex
+	stored map[string]bool
+}
 
 // OpenSQLite opens (creating if needed) the session database at path.
 func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
@@ -43,11 +54,39 @@ func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("create session schema: %w", err)
 	}
-	return &SQLiteStore{db: db}, nil
+	st := &SQLiteStore{db: db, stored: map[string]bool{}}
+	rows, err := db.QueryContext(ctx, `SELECT DISTINCT client_id FROM subscriptions`)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read session clients: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("read session clients: %w", err)
+		}
+		st.stored[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read session clients: %w", err)
+	}
+	return st, nil
+}
+
+func (s *SQLiteStore) has(clientID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stored[clientID]
 }
 
 // Load implements Store.
 func (s *SQLiteStore) Load(ctx context.Context, clientID string) ([]Subscription, error) {
+	if !s.has(clientID) {
+		return nil, nil
+	}
 	rows, err := s.db.QueryContext(ctx, `SELECT filter, qos FROM subscriptions WHERE client_id = ? ORDER BY filter`, clientID)
 	if err != nil {
 		return nil, fmt.Errorf("load subscriptions: %w", err)
@@ -66,6 +105,8 @@ func (s *SQLiteStore) Load(ctx context.Context, clientID string) ([]Subscription
 
 // Save implements Store: it replaces the client's subscriptions.
 func (s *SQLiteStore) Save(ctx context.Context, clientID string, subs []Subscription) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("save subscriptions: %w", err)
@@ -79,13 +120,29 @@ func (s *SQLiteStore) Save(ctx context.Context, clientID string, subs []Subscrip
 			return fmt.Errorf("save subscriptions: %w", err)
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("save subscriptions: %w", err)
+	}
+	if len(subs) > 0 {
+		s.stored[clientID] = true
+	} else {
+		delete(s.stored, clientID)
+	}
+	return nil
 }
 
 // Delete implements Store.
 func (s *SQLiteStore) Delete(ctx context.Context, clientID string) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM subscriptions WHERE client_id = ?`, clientID)
-	return err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.stored[clientID] {
+		return nil
+	}
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM subscriptions WHERE client_id = ?`, clientID); err != nil {
+		return fmt.Errorf("delete subscriptions: %w", err)
+	}
+	delete(s.stored, clientID)
+	return nil
 }
 
 // Close implements Store.
