@@ -106,8 +106,8 @@ type Config struct {
 	// reasonable request. A message larger than that goes alone.
 	BatchSize     int
 	MaxBatchBytes int
-	Logger    *slog.Logger
-	Now       func() time.Time
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // recoveredAfter is how many successes in a row turn degraded into healthy.
