@@ -1,7 +1,8 @@
 // Package events is the built-in "events" endpoint seen live: accepted telemetry
 // fans out to every current reader (moat monitor-events), like IoT Hub's
 // Event Hub-compatible endpoint read from "now". It is a live view, not the
-// durable log: a reader that falls behind loses messages and is told how many.
+// durable log: the endpoint's worker waits briefly for a slow reader, and a
+// reader that stays behind loses messages and is told how many.
 package events
 
 import (
@@ -28,8 +29,25 @@ type Stream struct {
 }
 
 type reader struct {
-	ch      chan Event
+	ch chan Event
+	mu sync.Mutex // guards dropped
+	// dropped counts messages skipped since the last one delivered.
 	dropped int
+}
+
+// take returns the loss count to report with the next event.
+func (r *reader) take() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.dropped
+	r.dropped = 0
+	return n
+}
+
+func (r *reader) drop(n int) {
+	r.mu.Lock()
+	r.dropped += n
+	r.mu.Unlock()
 }
 
 // New returns an empty stream.
@@ -37,16 +55,62 @@ func New() *Stream { return &Stream{readers: make(map[*reader]struct{})} }
 
 // Publish hands m to every reader without blocking.
 func (s *Stream) Publish(m message.Message) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for r := range s.readers {
+	for _, r := range s.current() {
+		d := r.take()
 		select {
-		case r.ch <- Event{Message: m, Dropped: r.dropped}:
-			r.dropped = 0
+		case r.ch <- Event{Message: m, Dropped: d}:
 		default:
-			r.dropped++
+			r.drop(d + 1)
 		}
 	}
+}
+
+// PublishBatch hands a batch to every reader, waiting up to wait in all for a
+// reader whose buffer is full before it skips messages for that reader. The
+// caller (the events endpoint's worker, which reads the durable log) thereby
+// slows to its readers' pace for short bursts instead of dropping at once;
+// a reader slower than that for longer still loses messages and is told.
+func (s *Stream) PublishBatch(ctx context.Context, batch []message.Message, wait time.Duration) {
+	readers := s.current()
+	if len(readers) == 0 {
+		return
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	expired := false
+	for _, r := range readers {
+		for _, m := range batch {
+			d := r.take()
+			select {
+			case r.ch <- Event{Message: m, Dropped: d}:
+				continue
+			default:
+			}
+			if expired {
+				r.drop(d + 1)
+				continue
+			}
+			select {
+			case r.ch <- Event{Message: m, Dropped: d}:
+			case <-deadline.C:
+				expired = true
+				r.drop(d + 1)
+			case <-ctx.Done():
+				r.drop(d + 1)
+				expired = true
+			}
+		}
+	}
+}
+
+func (s *Stream) current() []*reader {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*reader, 0, len(s.readers))
+	for r := range s.readers {
+		out = append(out, r)
+	}
+	return out
 }
 
 // Readers is the number of current readers.
@@ -85,11 +149,7 @@ func (s *Stream) Subscribe(ctx context.Context, buffer int) <-chan Event {
 				if len(r.ch) > 0 {
 					continue // the next message carries the count
 				}
-				s.mu.Lock()
-				n := r.dropped
-				r.dropped = 0
-				s.mu.Unlock()
-				if n > 0 {
+				if n := r.take(); n > 0 {
 					select {
 					case out <- Event{Dropped: n}:
 					case <-ctx.Done():

@@ -93,3 +93,67 @@ func TestDropsAtEndOfBurstAreReported(t *testing.T) {
 		t.Fatalf("%d received + %d dropped", got, dropped)
 	}
 }
+
+// TestPublishBatchWaitsForSlowReader: a reader slower than a burst gets the
+// whole burst when it catches up within the wait; one that does not is told
+// how many it missed.
+func TestPublishBatchWaitsForSlowReader(t *testing.T) {
+	s := New()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := s.Subscribe(ctx, 4)
+	batch := make([]message.Message, 50)
+	for i := range batch {
+		batch[i] = message.Message{Body: []byte{byte(i)}}
+	}
+	got := make(chan int, 1)
+	go func() {
+		n := 0
+		for e := range ch {
+			if e.Dropped > 0 {
+				t.Errorf("dropped %d within the wait", e.Dropped)
+			}
+			if e.Message.Body != nil {
+				n++
+			}
+			if n == len(batch) {
+				break
+			}
+			time.Sleep(time.Millisecond) // slower than the publisher
+		}
+		got <- n
+	}()
+	s.PublishBatch(ctx, batch, 5*time.Second)
+	select {
+	case n := <-got:
+		if n != len(batch) {
+			t.Fatalf("got %d of %d", n, len(batch))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader never got the burst")
+	}
+
+	// A reader that does not read at all: the wait ends and it is told.
+	stuck := s.Subscribe(ctx, 4)
+	start := time.Now()
+	s.PublishBatch(ctx, batch, 50*time.Millisecond)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("PublishBatch blocked %v on a stuck reader", d)
+	}
+	missed, seen := 0, 0
+	deadline := time.After(3 * time.Second)
+	for missed+seen < len(batch) {
+		select {
+		case e := <-stuck:
+			missed += e.Dropped
+			if e.Message.Body != nil {
+				seen++
+			}
+		case <-deadline:
+			t.Fatalf("seen %d, told of %d missed, want %d in all", seen, missed, len(batch))
+		}
+	}
+	if missed == 0 {
+		t.Fatal("a stuck reader was not told of missed messages")
+	}
+}

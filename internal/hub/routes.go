@@ -25,12 +25,14 @@ import (
 // out live to monitor-events readers.
 type eventsSink struct{ s *events.Stream }
 
-func (e eventsSink) Send(_ context.Context, batch []message.Message) error {
-	for _, m := range batch {
-		e.s.Publish(m)
-	}
+func (e eventsSink) Send(ctx context.Context, batch []message.Message) error {
+	e.s.PublishBatch(ctx, batch, eventsReaderWait)
 	return nil
 }
+
+// eventsReaderWait is how long one batch waits for slow live readers before
+// they miss messages.
+const eventsReaderWait = 200 * time.Millisecond
 
 func (eventsSink) Close() error { return nil }
 
@@ -168,6 +170,12 @@ func (h *Hub) newWorker(name string, sink endpoint.Sink, dead msglog.Log) *endpo
 	}
 	if dead != nil { // a nil *PebbleLog in the interface would not be nil
 		cfg.DeadLetters = dead
+	}
+	if name == routing.BuiltInEvents {
+		// The live events stream has nothing to amortise per batch, and its
+		// best-effort readers drop what overflows their buffers: smaller
+		// batches arrive more evenly.
+		cfg.BatchSize = 100
 	}
 	return endpoint.NewWorker(cfg)
 }
