@@ -386,3 +386,38 @@ func memAvailable() int64 {
 	}
 	return 0
 }
+
+// settle waits until the processes are quiet — below a tenth of a core over
+// half a second — or until limit passes, so that work a scenario left behind
+// (an endpoint's backlog, log trimming and compaction, a broker draining)
+// does not count against the next one. It returns how long it waited.
+func settle(ctx context.Context, limit time.Duration, pids ...int) time.Duration {
+	const window = 500 * time.Millisecond
+	start := time.Now()
+	cpu := func() time.Duration {
+		var sum time.Duration
+		for _, pid := range pids {
+			if pid <= 0 {
+				continue
+			}
+			if u, err := readUsage(pid); err == nil {
+				sum += u.CPU
+			}
+		}
+		return sum
+	}
+	prev := cpu()
+	for time.Since(start) < limit {
+		select {
+		case <-ctx.Done():
+			return time.Since(start)
+		case <-time.After(window):
+		}
+		now := cpu()
+		if now-prev < window/10 {
+			break
+		}
+		prev = now
+	}
+	return time.Since(start)
+}

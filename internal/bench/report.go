@@ -96,6 +96,7 @@ func summaryRows(rep *Report) []Row {
 	p99Met := func(m, _ *float64) string { return yesNo(*m <= barP99Ms) }
 	compare("p99 device→endpoint latency, QoS 1 at half of peak, routed to 1 webhook", "ms", "≤ 20 ms", rep.find("d2c qos1 paced", TargetMoatRouted1), mosq("d2c qos1 paced"), p99, p99Met)
 	compare("p99 device→endpoint latency, QoS 1 at half of peak, routed to 3 webhooks", "ms", "", rep.find("d2c qos1 paced", TargetMoatRouted3), nil, p99, nil)
+	compare("p99 device→endpoint latency, QoS 1 at Mosquitto's paced rate, routed to 1 webhook", "ms", "", rep.find(ScenarioPacedAtMosquitto, TargetMoatRouted1), mosq("d2c qos1 paced"), p99, nil)
 	compare("p99 end-to-end latency, QoS 1 at half of peak, plain, live events stream", "ms", "", rep.find("d2c qos1 paced", TargetMoatPlain), mosq("d2c qos1 paced"), p99, nil)
 	compare("p99 end-to-end latency, QoS 1 at half of peak, Moat TLS, live events stream", "ms", "", rep.find("d2c qos1 paced", TargetMoatTLS), nil, p99, nil)
 	connMet := func(m, _ *float64) string { return yesNo(*m >= barConnects) }
