@@ -400,19 +400,7 @@ func TestNonTelemetryEventsRouted(t *testing.T) {
 // one event with its current state and its latest change's sequence number;
 // one that did not change gets none.
 func TestConnectionStateSnapshot(t *testing.T) {
-	var mu sync.Mutex
-	var got []endpoint.WebhookRecord
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var batch []endpoint.WebhookRecord
-		if err := json.NewDecoder(r.Body).Decode(&batch); err != nil {
-			http.Error(w, err.Error(), 400)
-			return
-		}
-		mu.Lock()
-		got = append(got, batch...)
-		mu.Unlock()
-	}))
-	defer srv.Close()
+	srv := newCollector(t)
 	loop, off := hostName+":0", ""
 	const period = 700 * time.Millisecond
 	cfg := &config.Config{
@@ -439,9 +427,9 @@ func TestConnectionStateSnapshot(t *testing.T) {
 		return c
 	}
 	events := func() []endpoint.WebhookRecord {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]endpoint.WebhookRecord(nil), got...)
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return append([]endpoint.WebhookRecord(nil), srv.recs...)
 	}
 	waitEvents := func(n int) []endpoint.WebhookRecord {
 		t.Helper()

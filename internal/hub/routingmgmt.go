@@ -139,13 +139,7 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 		}
 	case "routes DELETE":
 		err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
-			for i, rt := range rc.Routes {
-				if rt.Name == name {
-					rc.Routes = append(rc.Routes[:i], rc.Routes[i+1:]...)
-					return nil
-				}
-			}
-			return fmt.Errorf("%w: no route named %q", errRoutingMissing, name)
+			return remove(&rc.Routes, func(rt routing.Route) bool { return rt.Name == name }, "no route named "+strconv.Quote(name))
 		})
 		status = http.StatusNoContent
 	case "fallbackRoute PUT":
@@ -180,22 +174,9 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 		}
 		e := routing.Enrichment{Key: name, Value: spec.Value, EndpointNames: spec.EndpointNames}
 		var created bool
-		err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
-			for i := range rc.Enrichments {
-				if rc.Enrichments[i].Key == name {
-					if err := checkExisting(r, true); err != nil {
-						return err
-					}
-					rc.Enrichments[i] = e
-					return nil
-				}
-			}
-			if err := checkExisting(r, false); err != nil {
-				return err
-			}
-			created = true
-			rc.Enrichments = append(rc.Enrichments, e)
-			return nil
+		err = h.changeRouting(r.Context(), func(rc *config.Routing) (err error) {
+			created, err = upsert(r, &rc.Enrichments, e, func(x routing.Enrichment) bool { return x.Key == name })
+			return err
 		})
 		out = e
 		if created {
@@ -203,13 +184,7 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 		}
 	case "enrichments DELETE":
 		err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
-			for i, e := range rc.Enrichments {
-				if e.Key == name {
-					rc.Enrichments = append(rc.Enrichments[:i], rc.Enrichments[i+1:]...)
-					return nil
-				}
-			}
-			return fmt.Errorf("%w: no enrichment with key %q", errRoutingMissing, name)
+			return remove(&rc.Enrichments, func(e routing.Enrichment) bool { return e.Key == name }, "no enrichment with key "+strconv.Quote(name))
 		})
 		status = http.StatusNoContent
 	case "endpoints PUT":
@@ -262,24 +237,37 @@ func checkExisting(r *http.Request, exists bool) error {
 }
 
 func (h *Hub) putRoute(r *http.Request, rt routing.Route) (created bool, err error) {
-	err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
-		for i := range rc.Routes {
-			if rc.Routes[i].Name == rt.Name {
-				if err := checkExisting(r, true); err != nil {
-					return err
-				}
-				rc.Routes[i] = rt
-				return nil
-			}
-		}
-		if err := checkExisting(r, false); err != nil {
-			return err
-		}
-		created = true
-		rc.Routes = append(rc.Routes, rt)
-		return nil
+	err = h.changeRouting(r.Context(), func(rc *config.Routing) (err error) {
+		created, err = upsert(r, &rc.Routes, rt, func(x routing.Route) bool { return x.Name == rt.Name })
+		return err
 	})
 	return created, err
+}
+
+// upsert replaces the element of list that same picks with item, or appends
+// item, as the request's conditional headers allow; it reports an append.
+func upsert[T any](r *http.Request, list *[]T, item T, same func(T) bool) (bool, error) {
+	i := slices.IndexFunc(*list, same)
+	if err := checkExisting(r, i >= 0); err != nil {
+		return false, err
+	}
+	if i >= 0 {
+		(*list)[i] = item
+		return false, nil
+	}
+	*list = append(*list, item)
+	return true, nil
+}
+
+// remove deletes the element of list that same picks; missing says what is
+// not there when none is.
+func remove[T any](list *[]T, same func(T) bool, missing string) error {
+	i := slices.IndexFunc(*list, same)
+	if i < 0 {
+		return fmt.Errorf("%w: %s", errRoutingMissing, missing)
+	}
+	*list = slices.Delete(*list, i, i+1)
+	return nil
 }
 
 // changeRouting applies a change of routes, the fallback route or

@@ -16,15 +16,7 @@ import (
 // database holds.
 func TestCacheMatchesDatabaseAfterRaces(t *testing.T) {
 	ctx := context.Background()
-	st, err := Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	key := registry.Key{DeviceID: "d"}
-	if err := st.Create(ctx, &registry.Record{Key: key, Status: "enabled", Identity: []byte(`{}`), Twin: []byte(`0`)}); err != nil {
-		t.Fatal(err)
-	}
+	st, key := storeWithDevice(t)
 	var wg sync.WaitGroup
 	for w := range 3 {
 		wg.Go(func() {
@@ -67,20 +59,12 @@ func TestCacheMatchesDatabaseAfterRaces(t *testing.T) {
 // the writer, so the test can.)
 func TestRefreshKeepsConnection(t *testing.T) {
 	ctx := context.Background()
-	st, err := Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	key := registry.Key{DeviceID: "d"}
-	if err := st.Create(ctx, &registry.Record{Key: key, Status: "enabled", Identity: []byte(`{}`), Twin: []byte(`0`)}); err != nil {
-		t.Fatal(err)
-	}
+	st, key := storeWithDevice(t)
 	if _, err := st.Get(ctx, key); err != nil { // cached, disconnected
 		t.Fatal(err)
 	}
 	once := false
-	err = st.Update(ctx, key, func(cur *registry.Record) error {
+	err := st.Update(ctx, key, func(cur *registry.Record) error {
 		if !once {
 			once = true
 			if err := st.SetConnection(ctx, key, registry.Connection{Connected: true}); err != nil {
@@ -103,4 +87,19 @@ func TestRefreshKeepsConnection(t *testing.T) {
 	if string(got.Twin) != "1" || !got.Conn.Connected {
 		t.Fatalf("Get after the update: twin %s connected %v, want 1 and true", got.Twin, got.Conn.Connected)
 	}
+}
+
+// storeWithDevice opens a store holding device "d" with twin 0.
+func storeWithDevice(t *testing.T) (*Store, registry.Key) {
+	t.Helper()
+	st, err := Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	key := registry.Key{DeviceID: "d"}
+	if err := st.Create(context.Background(), &registry.Record{Key: key, Status: "enabled", Identity: []byte(`{}`), Twin: []byte(`0`)}); err != nil {
+		t.Fatal(err)
+	}
+	return st, key
 }
