@@ -89,6 +89,20 @@ func (r *Report) find(scenario, target string) *Result {
 	return nil
 }
 
+// profilingArgs turns on the hub's pprof endpoints (on its loopback metrics
+// listener) when MOATBENCH_PPROF=1, for the hubs the suite starts without the
+// routed configuration.
+func profilingArgs(work string) ([]string, error) {
+	if os.Getenv("MOATBENCH_PPROF") != "1" {
+		return nil, nil
+	}
+	path := filepath.Join(work, "profiling.json")
+	if err := os.WriteFile(path, []byte(`{"moat":{"profiling":true}}`), 0o600); err != nil {
+		return nil, fmt.Errorf("profiling config: %w", err)
+	}
+	return []string{"--config", path}, nil
+}
+
 // ScenarioPacedAtMosquitto is a routed run paced at Mosquitto's paced rate.
 const ScenarioPacedAtMosquitto = "d2c qos1 paced at mosquitto's rate"
 
@@ -361,7 +375,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	// scenarios left in its heap does not hide the per-connection cost.
 	h.stop()
 	logf("restarting hub for the idle test")
-	h, err = startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub-idle.log"))
+	idleArgs, err := profilingArgs(work)
+	if err != nil {
+		return finish(rep, started), err
+	}
+	h, err = startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub-idle.log"), idleArgs...)
 	if err != nil {
 		return finish(rep, started), err
 	}
@@ -378,7 +396,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Results = append(rep.Results, r)
 	}
 	h.stop()
-	h, err = startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub-idle-tls.log"))
+	h, err = startHub(ctx, cfg.MoatBin, hubData, cfg.HubIP, cfg.HTTPSPort, filepath.Join(work, "hub-idle-tls.log"), idleArgs...)
 	if err != nil {
 		return finish(rep, started), err
 	}

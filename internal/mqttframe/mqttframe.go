@@ -232,8 +232,15 @@ func (g *guard) fill(need int) int {
 	space := len(g.buf) - g.w
 	n, err := g.Conn.Read(g.buf[g.w:])
 	g.w += n
-	// A read that filled half its space suggests more is queued behind it.
-	g.flowing = 2*n >= space
+	// A read that filled half a pool buffer suggests more is queued behind
+	// it. On the small buffer only a full read does: one ordinary packet
+	// (a CONNECT with a SAS token is ~200 bytes) must not make an idle
+	// connection wait on a pool buffer.
+	if g.onIdle() {
+		g.flowing = n == space
+	} else {
+		g.flowing = 2*n >= space
+	}
 	if err != nil {
 		var ne net.Error
 		g.rerr, g.rerrFatal = err, !(errors.As(err, &ne) && ne.Timeout())

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -462,4 +463,63 @@ func FuzzGuard(f *testing.F) {
 		}
 		checkMochiDecodes(t, level, out)
 	})
+}
+
+// TestIdleConnectionHoldsNoPoolBuffer: after an IoT Hub CONNECT of under 256
+// bytes (SAS credentials), a connection waiting for its next packet waits on
+// its own small buffer, not an 8 KiB pool buffer: ten thousand idle devices
+// would otherwise pin 80 MiB.
+func TestIdleConnectionHoldsNoPoolBuffer(t *testing.T) {
+	for _, size := range []int{140, 200, 255} {
+		id := strings.Repeat("d", 8)
+		user := "hub/" + id + "/?api-version=2021-04-12"
+		build := func(pass string) []byte {
+			return frame(0x10, str("MQTT"), raw(4, 0xc2), u16(180), str(id), str(user), str(pass))
+		}
+		pass := "SharedAccessSignature sr=hub%2Fdevices%2F" + id + "&sig=x&se=1"
+		pad := size - len(build(pass))
+		pkt := build(pass + strings.Repeat("y", pad))
+		if len(pkt) > size { // the remaining length took another byte
+			pkt = build(pass + strings.Repeat("y", pad-(len(pkt)-size)))
+		}
+		if len(pkt) != size {
+			t.Fatalf("built a %d-byte CONNECT, want %d", len(pkt), size)
+		}
+		client, server := net.Pipe()
+		sizes := make(chan int, 4)
+		g := Guard(&readSizes{Conn: server, sizes: sizes}, Options{})
+		go func() { _, _ = client.Write(pkt) }()
+		if _, err := io.ReadFull(g, make([]byte, len(pkt))); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = g.Read(make([]byte, 16)) // waits for the next packet
+		}()
+		var last int
+		for waiting := false; !waiting; {
+			select {
+			case last = <-sizes:
+			case <-time.After(200 * time.Millisecond):
+				waiting = true // no new read: the guard is blocked in the last one
+			}
+		}
+		if last > idleBufSize {
+			t.Errorf("%d-byte CONNECT: the idle connection waits on a %d-byte buffer, want at most %d", size, last, idleBufSize)
+		}
+		client.Close()
+		<-done
+	}
+}
+
+// readSizes reports the size of every Read's buffer.
+type readSizes struct {
+	net.Conn
+	sizes chan<- int
+}
+
+func (r *readSizes) Read(p []byte) (int, error) {
+	r.sizes <- len(p)
+	return r.Conn.Read(p)
 }
