@@ -13,40 +13,22 @@ import (
 // goes through the Store and invalidates here. (A shared database, such as the
 // clustered PostgreSQL store, cannot use it.)
 //
-// A read that misses fills the cache only if no write to that device started
-// or finished while it read, so it never installs a value a concurrent write
-// superseded: every write stamps its device with the next sequence number
-// before it runs and again after it commits, and a read's fill is refused if
-// its device's stamp is newer than the sequence number the read started at.
-// (A single stamp for all devices would refuse nearly every fill during a
-// connect storm, when some device is always being written.) The
-// compare-and-swap updates and connection states instead refresh the entry
-// in the order of their commits, stamping too.
+// A read that misses fills the cache only if no write started or finished
+// while it read, so it never installs a value a concurrent write superseded:
+// writes bump seq before they run and again after they commit, and the reader
+// compares seq before and after. The compare-and-swap updates instead refresh
+// the entry from the writer goroutine right after their commit (in commit
+// order), bumping seq too.
 type recordCache struct {
 	mu      sync.Mutex
 	seq     uint64
 	max     int
 	n       int
 	devices map[string]map[string]*registry.Record // device id → module id ("" for the device) → record
-	// written is each recently written device's stamp; floor is the stamp
-	// of the last time written was emptied (a read older than it may have
-	// overlapped a write whose stamp is gone).
-	written map[string]uint64
-	floor   uint64
 }
 
 func newRecordCache(max int) *recordCache {
-	return &recordCache{max: max, devices: map[string]map[string]*registry.Record{}, written: map[string]uint64{}}
-}
-
-// stamp records a write to device; c.mu is held.
-func (c *recordCache) stamp(device string) {
-	c.seq++
-	if len(c.written) >= 4*max(c.max, 1024) {
-		clear(c.written)
-		c.floor = c.seq
-	}
-	c.written[device] = c.seq
+	return &recordCache{max: max, devices: map[string]map[string]*registry.Record{}}
 }
 
 // get returns a copy of the cached record, or the sequence number a miss
@@ -65,7 +47,7 @@ func (c *recordCache) get(k registry.Key) (*registry.Record, uint64) {
 func (c *recordCache) put(rec *registry.Record, seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if seq < c.floor || c.written[rec.Key.DeviceID] > seq || c.max <= 0 {
+	if seq != c.seq || c.max <= 0 {
 		return
 	}
 	if c.n >= c.max {
@@ -98,7 +80,7 @@ func (c *recordCache) evictOne() {
 func (c *recordCache) invalidate(k registry.Key) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.stamp(k.DeviceID)
+	c.seq++
 	mods := c.devices[k.DeviceID]
 	if k.ModuleID == "" {
 		c.n -= len(mods)
@@ -119,7 +101,7 @@ func (c *recordCache) invalidate(k registry.Key) {
 func (c *recordCache) refresh(rec *registry.Record) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.stamp(rec.Key.DeviceID)
+	c.seq++
 	cur, ok := c.devices[rec.Key.DeviceID][rec.Key.ModuleID]
 	if !ok {
 		return
@@ -136,7 +118,7 @@ func (c *recordCache) refresh(rec *registry.Record) {
 func (c *recordCache) setConn(k registry.Key, conn registry.Connection) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.stamp(k.DeviceID)
+	c.seq++
 	if cur, ok := c.devices[k.DeviceID][k.ModuleID]; ok {
 		cp := *cur
 		cp.Conn = conn
@@ -149,19 +131,6 @@ func (c *recordCache) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
-	c.floor = c.seq
-	clear(c.written)
 	c.devices = map[string]map[string]*registry.Record{}
 	c.n = 0
-}
-
-// fence stamps devices whose rows a write changed without changing their
-// cached entries (the connection writer's rounds, whose states the entries
-// already hold): reads that overlapped it must not fill from older rows.
-func (c *recordCache) fence(keys []registry.Key) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, k := range keys {
-		c.stamp(k.DeviceID)
-	}
 }

@@ -125,11 +125,7 @@ func (s *Store) flushConnsLocked(ctx context.Context) error {
 		batch = append(batch, entry{k, v})
 	}
 	c.mu.Unlock()
-	keys := make([]registry.Key, len(batch))
-	for i, e := range batch {
-		keys[i] = e.k
-	}
-	err := s.inTxThen(ctx, "set connections", func(tx *sql.Tx) error {
+	err := s.inTx(ctx, "set connections", func(tx *sql.Tx) error {
 		dev, mod := in(ctx, tx, s.write.connDevice), in(ctx, tx, s.write.connModule)
 		for _, e := range batch {
 			k, v := e.k, e.v
@@ -144,11 +140,6 @@ func (s *Store) flushConnsLocked(ctx context.Context) error {
 			}
 		}
 		return nil
-	}, func() {
-		// Before writing is cleared: a read that took the row before this
-		// commit and looks at the overlay after the clear would otherwise
-		// cache the old state.
-		s.cache.fence(keys)
 	})
 	c.mu.Lock()
 	defer c.mu.Unlock()
