@@ -52,7 +52,7 @@ func routedConfig(urls []string) ([]byte, error) {
 		"routes":        routes,
 		"fallbackRoute": route{Name: "rest", Source: "DeviceMessages", Condition: "true", EndpointNames: []string{"events"}, IsEnabled: true},
 	}}}
-	if os.Getenv("MOATBENCH_PPROF") == "1" {
+	if profiling() {
 		// pprof on the hub's (loopback) metrics listener, for profiling a run
 		cfg["moat"] = map[string]any{"profiling": true}
 	}

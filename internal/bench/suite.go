@@ -89,11 +89,15 @@ func (r *Report) find(scenario, target string) *Result {
 	return nil
 }
 
+// profiling says whether MOATBENCH_PPROF=1 asks for the hub's pprof
+// endpoints (on its loopback metrics listener), to profile it under load.
+func profiling() bool { return os.Getenv("MOATBENCH_PPROF") == "1" }
+
 // profilingArgs turns on the hub's pprof endpoints (on its loopback metrics
 // listener) when MOATBENCH_PPROF=1, for the hubs the suite starts without the
 // routed configuration.
 func profilingArgs(work string) ([]string, error) {
-	if os.Getenv("MOATBENCH_PPROF") != "1" {
+	if !profiling() {
 		return nil, nil
 	}
 	path := filepath.Join(work, "profiling.json")

@@ -122,6 +122,19 @@ type MoatRouting struct {
 	ConnectionStateSnapshot string `json:"connectionStateSnapshot,omitempty"`
 }
 
+// RetryPeriodDuration returns the retry period, 0 for the endpoint package's
+// default (IoT Hub's hour).
+func (m MoatRouting) RetryPeriodDuration() (time.Duration, error) {
+	if m.RetryPeriod == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(m.RetryPeriod)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q is not a positive duration (such as 1h, 10m or 90s)", m.RetryPeriod)
+	}
+	return d, nil
+}
+
 // DefaultConnectionStateSnapshot is IoT Hub's snapshot period.
 const DefaultConnectionStateSnapshot = time.Minute
 
@@ -229,10 +242,8 @@ func (c *Config) Validate() error {
 	if _, err := c.Moat.Routing.ConnectionStateSnapshotPeriod(); err != nil {
 		bad("moat.routing.connectionStateSnapshot", "%v", err)
 	}
-	if rp := c.Moat.Routing.RetryPeriod; rp != "" {
-		if d, err := time.ParseDuration(rp); err != nil || d <= 0 {
-			bad("moat.routing.retryPeriod", "%q is not a positive duration (such as 1h, 10m or 90s)", rp)
-		}
+	if _, err := c.Moat.Routing.RetryPeriodDuration(); err != nil {
+		bad("moat.routing.retryPeriod", "%v", err)
 	}
 	seen := map[string]bool{}
 	for i, pol := range p.AuthorizationPolicies {

@@ -149,7 +149,10 @@ func NewWorker(cfg Config) *Worker {
 }
 
 // Consumer is the worker's cursor name in the log.
-func (w *Worker) Consumer() string { return "endpoint/" + w.cfg.Name }
+func (w *Worker) Consumer() string { return ConsumerName(w.cfg.Name) }
+
+// ConsumerName is the cursor name in the log of the endpoint named name.
+func ConsumerName(name string) string { return "endpoint/" + name }
 
 // Health returns the current health record.
 func (w *Worker) Health() Health {

@@ -55,18 +55,12 @@ func New() *Stream { return &Stream{readers: make(map[*reader]struct{})} }
 
 // Publish hands m to every reader without blocking.
 func (s *Stream) Publish(m message.Message) {
-	for _, r := range s.current() {
-		d := r.take()
-		select {
-		case r.ch <- Event{Message: m, Dropped: d}:
-		default:
-			r.drop(d + 1)
-		}
-	}
+	s.PublishBatch(context.Background(), []message.Message{m}, 0)
 }
 
 // PublishBatch hands a batch to every reader, waiting up to wait in all for a
-// reader whose buffer is full before it skips messages for that reader. The
+// reader whose buffer is full before it skips messages for that reader (no
+// wait at all when wait is not positive). The
 // caller (the events endpoint's worker, which reads the durable log) thereby
 // slows to its readers' pace for short bursts instead of dropping at once;
 // a reader slower than that for longer still loses messages and is told.
@@ -75,9 +69,13 @@ func (s *Stream) PublishBatch(ctx context.Context, batch []message.Message, wait
 	if len(readers) == 0 {
 		return
 	}
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	expired := false
+	expired := wait <= 0
+	var deadline <-chan time.Time
+	if !expired {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		deadline = t.C
+	}
 	for _, r := range readers {
 		for _, m := range batch {
 			d := r.take()
@@ -92,7 +90,7 @@ func (s *Stream) PublishBatch(ctx context.Context, batch []message.Message, wait
 			}
 			select {
 			case r.ch <- Event{Message: m, Dropped: d}:
-			case <-deadline.C:
+			case <-deadline:
 				expired = true
 				r.drop(d + 1)
 			case <-ctx.Done():

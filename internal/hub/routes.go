@@ -70,12 +70,9 @@ func (h *Hub) compileRouting(rc config.Routing) (*routingState, error) {
 // buildRouting loads (or seeds) the routing configuration and builds one
 // worker per endpoint, including the built-in events endpoint.
 func (h *Hub) buildRouting() error {
-	if p := h.cfg.Moat.Routing.RetryPeriod; p != "" {
-		d, err := time.ParseDuration(p)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("moat.routing.retryPeriod %q: want a positive duration such as 1h or 90s", p)
-		}
-		h.retryPeriod = d
+	var err error
+	if h.retryPeriod, err = h.cfg.Moat.Routing.RetryPeriodDuration(); err != nil {
+		return fmt.Errorf("moat.routing.retryPeriod: %w", err)
 	}
 	path := filepath.Join(h.dataDir, routingFile)
 	rc, err := config.LoadRouting(path)

@@ -138,7 +138,7 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 			status = http.StatusCreated
 		}
 	case "routes DELETE":
-		err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
+		err = h.changeRouting(func(rc *config.Routing) error {
 			return remove(&rc.Routes, func(rt routing.Route) bool { return rt.Name == name }, "no route named "+strconv.Quote(name))
 		})
 		status = http.StatusNoContent
@@ -153,13 +153,13 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 		if len(rt.EndpointNames) == 0 {
 			rt.EndpointNames = []string{routing.BuiltInEvents}
 		}
-		err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
+		err = h.changeRouting(func(rc *config.Routing) error {
 			rc.FallbackRoute = &rt
 			return nil
 		})
 		out = rt
 	case "fallbackRoute DELETE":
-		err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
+		err = h.changeRouting(func(rc *config.Routing) error {
 			if rc.FallbackRoute == nil {
 				return fmt.Errorf("%w: there is no fallback route", errRoutingMissing)
 			}
@@ -174,7 +174,7 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 		}
 		e := routing.Enrichment{Key: name, Value: spec.Value, EndpointNames: spec.EndpointNames}
 		var created bool
-		err = h.changeRouting(r.Context(), func(rc *config.Routing) (err error) {
+		err = h.changeRouting(func(rc *config.Routing) (err error) {
 			created, err = upsert(r, &rc.Enrichments, e, func(x routing.Enrichment) bool { return x.Key == name })
 			return err
 		})
@@ -183,7 +183,7 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 			status = http.StatusCreated
 		}
 	case "enrichments DELETE":
-		err = h.changeRouting(r.Context(), func(rc *config.Routing) error {
+		err = h.changeRouting(func(rc *config.Routing) error {
 			return remove(&rc.Enrichments, func(e routing.Enrichment) bool { return e.Key == name }, "no enrichment with key "+strconv.Quote(name))
 		})
 		status = http.StatusNoContent
@@ -237,7 +237,7 @@ func checkExisting(r *http.Request, exists bool) error {
 }
 
 func (h *Hub) putRoute(r *http.Request, rt routing.Route) (created bool, err error) {
-	err = h.changeRouting(r.Context(), func(rc *config.Routing) (err error) {
+	err = h.changeRouting(func(rc *config.Routing) (err error) {
 		created, err = upsert(r, &rc.Routes, rt, func(x routing.Route) bool { return x.Name == rt.Name })
 		return err
 	})
@@ -273,7 +273,7 @@ func remove[T any](list *[]T, same func(T) bool, missing string) error {
 // changeRouting applies a change of routes, the fallback route or
 // enrichments: edit changes a copy, which is checked, saved and put in force.
 // Endpoint workers pick it up with the next message they select.
-func (h *Hub) changeRouting(_ context.Context, edit func(*config.Routing) error) error {
+func (h *Hub) changeRouting(edit func(*config.Routing) error) error {
 	h.routingChange.Lock()
 	defer h.routingChange.Unlock()
 	next := h.routingNow().cfg.Clone()
@@ -328,7 +328,7 @@ func (h *Hub) putEndpoint(r *http.Request, name string, spec EndpointSpec) (crea
 	if !exists {
 		// Before the worker exists and before the file names the
 		// endpoint, so that a crash leaves at worst an unused cursor.
-		err := h.msglog.Commit(ctx, "endpoint/"+name, h.msglog.Last()+1)
+		err := h.msglog.Commit(ctx, endpoint.ConsumerName(name), h.msglog.Last()+1)
 		if err == nil {
 			err = h.msglog.Sync(ctx)
 		}
@@ -342,20 +342,11 @@ func (h *Hub) putEndpoint(r *http.Request, name string, spec EndpointSpec) (crea
 		return false, err
 	}
 	if exists {
-		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		w, err := h.delivery.Remove(stopCtx, name)
-		cancel()
-		if err != nil {
-			// The old worker did not stop in time; it stops with the hub.
-			// Its settings are already replaced in the file, so a restart
-			// finishes the change.
+		if err := h.stopEndpoint(ctx, name); err != nil {
+			// The old worker stops with the hub. Its settings are already
+			// replaced in the file, so a restart finishes the change.
 			sink.Close()
 			return false, fmt.Errorf("endpoint %s saved, but its worker did not stop; restart the hub to apply: %w", name, err)
-		}
-		if w != nil {
-			if err := w.Sink().Close(); err != nil {
-				h.log.Warn("closing replaced endpoint", "endpoint", name, "error", err)
-			}
 		}
 	}
 	h.routing.Store(st)
@@ -365,6 +356,21 @@ func (h *Hub) putEndpoint(r *http.Request, name string, spec EndpointSpec) (crea
 	}
 	h.log.Info("endpoint changed", "endpoint", name, "type", spec.Type, "created", !exists)
 	return !exists, nil
+}
+
+// stopEndpoint stops an endpoint's worker, waiting up to a minute (also when
+// the request that asked for it is gone), and closes its sink.
+func (h *Hub) stopEndpoint(ctx context.Context, name string) error {
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	w, err := h.delivery.Remove(stopCtx, name)
+	if err != nil || w == nil {
+		return err
+	}
+	if err := w.Sink().Close(); err != nil {
+		h.log.Warn("closing endpoint", "endpoint", name, "error", err)
+	}
+	return nil
 }
 
 // deleteEndpoint removes a custom endpoint that nothing routes to. Its
@@ -406,16 +412,8 @@ func (h *Hub) deleteEndpoint(ctx context.Context, name string, force bool) error
 		return err
 	}
 	h.routing.Store(st)
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancel()
-	w, err := h.delivery.Remove(stopCtx, name)
-	if err != nil {
+	if err := h.stopEndpoint(ctx, name); err != nil {
 		return fmt.Errorf("endpoint %s deleted, but its worker did not stop (it stops with the hub): %w", name, err)
-	}
-	if w != nil {
-		if err := w.Sink().Close(); err != nil {
-			h.log.Warn("closing deleted endpoint", "endpoint", name, "error", err)
-		}
 	}
 	if dead != nil {
 		h.deadLetterMu.Lock()
