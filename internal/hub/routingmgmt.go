@@ -116,9 +116,10 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	var (
-		status = http.StatusOK
-		out    any
-		err    error
+		status  = http.StatusOK
+		out     any
+		err     error
+		created bool // a PUT made the resource: 201
 	)
 	switch kind + " " + r.Method {
 	case "routes PUT":
@@ -131,12 +132,8 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 			return true
 		}
 		rt.Name = name
-		var created bool
 		created, err = h.putRoute(r, rt)
 		out = rt
-		if created {
-			status = http.StatusCreated
-		}
 	case "routes DELETE":
 		err = h.changeRouting(func(rc *config.Routing) error {
 			return remove(&rc.Routes, func(rt routing.Route) bool { return rt.Name == name }, "no route named "+strconv.Quote(name))
@@ -173,15 +170,11 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 			return true
 		}
 		e := routing.Enrichment{Key: name, Value: spec.Value, EndpointNames: spec.EndpointNames}
-		var created bool
 		err = h.changeRouting(func(rc *config.Routing) (err error) {
 			created, err = upsert(r, &rc.Enrichments, e, func(x routing.Enrichment) bool { return x.Key == name })
 			return err
 		})
 		out = e
-		if created {
-			status = http.StatusCreated
-		}
 	case "enrichments DELETE":
 		err = h.changeRouting(func(rc *config.Routing) error {
 			return remove(&rc.Enrichments, func(e routing.Enrichment) bool { return e.Key == name }, "no enrichment with key "+strconv.Quote(name))
@@ -192,11 +185,7 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 		if !readMgmtJSON(w, r, &spec) {
 			return true
 		}
-		var created bool
 		created, err = h.putEndpoint(r, name, spec)
-		if created {
-			status = http.StatusCreated
-		}
 		if err == nil {
 			ep, _ := h.routingNow().cfg.Endpoint(name)
 			out = EndpointView{Name: ep.Name, Type: ep.Type}
@@ -204,6 +193,9 @@ func (h *Hub) routingMgmt(w http.ResponseWriter, r *http.Request) bool {
 	case "endpoints DELETE":
 		err = h.deleteEndpoint(r.Context(), name, r.URL.Query().Get("force") == "true")
 		status = http.StatusNoContent
+	}
+	if created {
+		status = http.StatusCreated
 	}
 	switch {
 	case errors.Is(err, errRoutingMissing):
