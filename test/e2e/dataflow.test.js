@@ -94,9 +94,12 @@ before(async () => {
         routes: [
           { name: 'temps-to-broker', source: 'MqttTopics', topicFilter: 'factory/+/temp', endpointNames: ['plant-broker'], isEnabled: true },
           { name: 'factory-to-lake', source: 'MqttTopics', topicFilter: 'factory/#', endpointNames: ['lake'], isEnabled: true },
+          { name: 'connections-to-lake', source: 'DeviceConnectionStateEvents', endpointNames: ['lake'], isEnabled: true },
         ],
       },
     },
+    // IoT Hub's snapshot is 60 s; a shorter one keeps the test quick.
+    moat: { routing: { connectionStateSnapshot: '1s' } },
   };
   const cfgFile = path.join(work, 'moat.json');
   fs.writeFileSync(cfgFile, JSON.stringify(cfg, null, 2));
@@ -232,4 +235,43 @@ test('routes and endpoints created, changed and deleted with the moat CLI while 
   assert.ok(!eps.some((e) => e.name === 'live-broker'), JSON.stringify(eps));
   await h.sleep(500);
   assert.ok(!downstream.out.includes('{"bar":4.4}'), `a disabled route delivered: ${downstream.out}`);
+});
+
+test('connection state events reach blob storage as IoT Hub snapshots: one per device per period, with its latest state', T, async () => {
+  const plc = await newPlc(h.uniqueId('plc'));
+  // Three mosquitto_pub runs in well under a second: connect, disconnect,
+  // connect, disconnect, connect, disconnect — one snapshot carries only the
+  // last state (disconnected).
+  const started = Date.now();
+  for (let i = 0; i < 3; i++) {
+    const r = await pub(plc, 'factory/line9/blip', `{"n":${i}}`);
+    assert.equal(r.code, 0, `mosquitto_pub: ${r.stderr}`);
+  }
+  const took = Date.now() - started;
+  const { BlobServiceClient } = require('@azure/storage-blob');
+  const blobCs = `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${AZURITE_KEY};BlobEndpoint=http://${addr}:${blobPort}/${AZURITE_ACCOUNT};`;
+  const container = BlobServiceClient.fromConnectionString(blobCs).getContainerClient('telemetry');
+  let events = [];
+  await h.waitFor(async () => {
+    let text = '';
+    for await (const b of container.listBlobsFlat()) {
+      text += (await container.getBlobClient(b.name).downloadToBuffer()).toString('utf8');
+    }
+    events = text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l))
+      .filter((x) => x.Properties && x.Properties.deviceId === plc.id && /^device(Connected|Disconnected)$/.test(x.Properties.opType));
+    return events.length > 0;
+  }, { timeout: 30000, interval: 500, what: 'connection state events in blob storage' });
+  await h.sleep(4000); // later snapshots and blob windows: nothing more may come for these changes
+  let text = '';
+  for await (const b of container.listBlobsFlat()) {
+    text += (await container.getBlobClient(b.name).downloadToBuffer()).toString('utf8');
+  }
+  events = text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l))
+    .filter((x) => x.Properties && x.Properties.deviceId === plc.id && /^device(Connected|Disconnected)$/.test(x.Properties.opType));
+  const last = events[events.length - 1];
+  assert.equal(last.Properties.opType, 'deviceDisconnected', JSON.stringify(events.map((e) => e.Properties.opType)));
+  assert.equal(last.Properties['iothub-message-schema'], 'deviceConnectionStateNotification');
+  // Six changes, but at most one event per 1 s snapshot period they spanned.
+  const periods = Math.ceil(took / 1000) + 1;
+  assert.ok(events.length <= Math.min(periods, 5), `${events.length} events for six changes over ${took} ms: ${JSON.stringify(events.map((e) => e.Properties.opType))}`);
 });
