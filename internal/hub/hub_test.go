@@ -1099,6 +1099,8 @@ func TestSessions(t *testing.T) {
 		if p := r.nextPublish(5 * time.Second); string(p.payload) != "one" {
 			t.Fatalf("redelivery after clean=false reconnect: %+v", p)
 		}
+		// Once: the session's resend, not a second copy from the queue.
+		r.noPublish(300 * time.Millisecond)
 		r.conn.Close()
 
 		// A clean session drops the broker's in-flight copy; the queue still

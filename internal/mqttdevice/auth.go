@@ -29,7 +29,12 @@ type connState struct {
 	genID      string
 	expiry     *time.Timer  // token expiry disconnect; nil for X.509
 	unacked    atomic.Int32 // telemetry handed to the log, not yet acknowledged
-	mu         sync.Mutex
+	// c2dReady: the device holds a devicebound subscription it has been told
+	// of — restored with the session, or its SUBACK written — so that no
+	// cloud-to-device message overtakes the SUBACK. c2dSuback: a SUBACK
+	// granting one is on its way.
+	c2dReady, c2dSuback atomic.Bool
+	mu                  sync.Mutex
 }
 
 func (s *connState) stop() {

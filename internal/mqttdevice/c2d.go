@@ -54,11 +54,17 @@ func (d *c2dDelivery) device(id string, create bool) *c2dDevice {
 func (d *c2dDelivery) sessionStarted(_ *mqtt.Client, deviceID string, clean bool) {
 	if clean {
 		if dev := d.device(deviceID, false); dev != nil {
+			// Under the pass lock: a pass that began on the old session
+			// could otherwise mark a message sent after this clear and
+			// publish it to a session that no longer subscribes, leaving
+			// a mark that keeps the message from the new session.
+			dev.deliver.Lock()
 			dev.mu.Lock()
 			clear(dev.sent)
 			clear(dev.byTopic)
 			clear(dev.byPacket)
 			dev.mu.Unlock()
+			dev.deliver.Unlock()
 		}
 	}
 	d.kick(deviceID)
@@ -78,8 +84,8 @@ func (d *c2dDelivery) kick(deviceID string) {
 
 func (d *c2dDelivery) deliver(ctx context.Context, deviceID string) {
 	b := d.b
-	cl, _, ok := b.client(identity{DeviceID: deviceID})
-	if !ok || !subscribedUnder(cl, deviceboundPrefix(identity{DeviceID: deviceID})) {
+	cl, s, ok := b.client(identity{DeviceID: deviceID})
+	if !ok || !s.c2dReady.Load() || !subscribedUnder(cl, deviceboundPrefix(identity{DeviceID: deviceID})) {
 		return
 	}
 	dev := d.device(deviceID, true)
@@ -197,6 +203,12 @@ func (d *c2dDelivery) onQosComplete(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (d *c2dDelivery) onQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.IsTakenOver() {
+		// A clean=false takeover clears the old connection's in-flight
+		// messages after the new one inherited them under the same packet
+		// ids: they are still in flight, and mochi resends them.
+		return
+	}
 	dev := d.device(cl.ID, false)
 	if dev == nil {
 		return

@@ -29,6 +29,7 @@ func (h *hook) Provides(e byte) bool {
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSubscribed,
 		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnWill, mqtt.OnUnsubscribed,
+		mqtt.OnPacketSent,
 	}, []byte{e})
 }
 
@@ -165,6 +166,8 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		}
 		b.restoreSession(cl, s, pk.Connect.Clean)
 		if s.id.ModuleID == "" {
+			// No SUBSCRIBE has been read yet: what is here came with the session.
+			s.c2dReady.Store(subscribedUnder(cl, deviceboundPrefix(s.id)))
 			b.c2d.sessionStarted(cl, s.id.DeviceID, pk.Connect.Clean)
 		}
 	})
@@ -392,10 +395,27 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	}
 	for i, f := range pk.Filters {
 		if i < len(codes) && codes[i] < 0x80 && canRead(s.id, f.Filter) && len(f.Filter) > len("devices/") && f.Filter[:len("devices/")] == "devices/" {
-			h.b.c2d.kick(s.id.DeviceID)
+			// mochi writes the SUBACK after this hook; delivery starts
+			// once it is written (OnPacketSent).
+			s.c2dSuback.Store(true)
 			return
 		}
 	}
+}
+
+// OnPacketSent starts cloud-to-device delivery once the SUBACK granting a
+// devicebound subscription is written: a message sent earlier could reach the
+// device before the SUBACK, which strict clients take as a protocol error.
+func (h *hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Suback {
+		return
+	}
+	s := h.sessionOf(cl)
+	if s == nil || !s.c2dSuback.Swap(false) {
+		return
+	}
+	s.c2dReady.Store(true)
+	h.b.c2d.kick(s.id.DeviceID)
 }
 
 func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
