@@ -111,6 +111,21 @@ func (c *recordCache) refresh(rec *registry.Record) {
 	c.devices[rec.Key.DeviceID][rec.Key.ModuleID] = &cp
 }
 
+// setConn sets a cached record's connection state (the writer of
+// connection states keeps it current here, in the order of its calls). An
+// absent entry stays absent; a read that misses takes the state from the
+// connection writer.
+func (c *recordCache) setConn(k registry.Key, conn registry.Connection) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	if cur, ok := c.devices[k.DeviceID][k.ModuleID]; ok {
+		cp := *cur
+		cp.Conn = conn
+		c.devices[k.DeviceID][k.ModuleID] = &cp
+	}
+}
+
 // clear forgets everything (for writes to many identities at once).
 func (c *recordCache) clear() {
 	c.mu.Lock()

@@ -29,6 +29,8 @@ type Store struct {
 	gc *groupcommit.Writer
 
 	cache *recordCache
+	// conns holds connection states not yet written (connstate.go).
+	conns *connWriter
 
 	// Hot statements are prepared once: SQLite's parser otherwise costs as
 	// much as the write itself.
@@ -164,7 +166,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		r.Close()
 		return nil, fmt.Errorf("open registry %s: %w", path, err)
 	}
-	return &Store{w: w, r: r, gc: groupcommit.New(w), cache: newRecordCache(cachedRecords), read: rs, write: ws}, nil
+	st := &Store{w: w, r: r, gc: groupcommit.New(w), cache: newRecordCache(cachedRecords), conns: newConnWriter(), read: rs, write: ws}
+	go st.runConnWriter()
+	return st, nil
 }
 
 // escapePath keeps a file name whole inside a "file:" URI, which SQLite
@@ -204,10 +208,13 @@ func migrate(ctx context.Context, db *sql.DB) error {
 
 // Close stops the writer and closes the database. Writes still queued fail.
 func (s *Store) Close() error {
+	close(s.conns.stop)
+	<-s.conns.stopped
+	ferr := s.flushConns(context.Background())
 	s.gc.Close()
 	s.read.close()
 	s.write.close()
-	return errors.Join(s.r.Close(), s.w.Close())
+	return errors.Join(ferr, s.r.Close(), s.w.Close())
 }
 
 // getRecord reads key with the prepared statements dev and mod.
@@ -254,6 +261,7 @@ func (s *Store) Get(ctx context.Context, key registry.Key) (*registry.Record, er
 	}
 	rec, err := getRecord(ctx, s.read.getDevice, s.read.getModule, key)
 	if err == nil {
+		s.conns.apply(rec)
 		s.cache.put(rec, seq)
 	}
 	return rec, err
@@ -359,6 +367,7 @@ func (s *Store) updateInWriter(ctx context.Context, key registry.Key, fn func(cu
 		if err != nil {
 			return err
 		}
+		s.conns.apply(rec)
 		if err := fn(rec); err != nil {
 			return passThrough{err}
 		}
@@ -373,6 +382,10 @@ func (s *Store) updateInWriter(ctx context.Context, key registry.Key, fn func(cu
 
 // Delete implements registry.Store.
 func (s *Store) Delete(ctx context.Context, key registry.Key, fn func(cur *registry.Record) error) ([]registry.Key, error) {
+	// No round of connection states may be in flight: one could land on an
+	// identity created again under the same name right after.
+	s.conns.flushMu.Lock()
+	defer s.conns.flushMu.Unlock()
 	defer s.invalidating(key)()
 	var keys []registry.Key
 	err := s.inTx(ctx, "delete "+key.String(), func(tx *sql.Tx) error {
@@ -413,40 +426,19 @@ func (s *Store) Delete(ctx context.Context, key registry.Key, fn func(cur *regis
 	if err != nil {
 		return nil, err
 	}
+	s.conns.forget(key)
 	return keys, nil
-}
-
-// SetConnection implements registry.Store. It is group-committed like every
-// write: connects arrive in storms, and one fsync each would cap them at the
-// disk's sync rate.
-func (s *Store) SetConnection(ctx context.Context, key registry.Key, c registry.Connection) error {
-	defer s.invalidating(key)()
-	return s.inTx(ctx, "set connection "+key.String(), func(tx *sql.Tx) error {
-		var res sql.Result
-		var err error
-		if key.ModuleID == "" {
-			res, err = in(ctx, tx, s.write.connDevice).ExecContext(ctx,
-				c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity), key.DeviceID)
-		} else {
-			res, err = in(ctx, tx, s.write.connModule).ExecContext(ctx,
-				c.Connected, toNanos(c.UpdatedAt), toNanos(c.LastActivity), key.DeviceID, key.ModuleID)
-		}
-		if err != nil {
-			return err
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return passThrough{fmt.Errorf("set connection %s: %w", key, registry.ErrNotFound)}
-		}
-		return nil
-	})
 }
 
 // DisconnectAll implements registry.Store.
 func (s *Store) DisconnectAll(ctx context.Context, t time.Time) error {
+	// What is pending goes first (its last activity times stay), and no
+	// round may land after this.
+	s.conns.flushMu.Lock()
+	defer s.conns.flushMu.Unlock()
+	if err := s.flushConnsLocked(ctx); err != nil {
+		return fmt.Errorf("disconnect all: %w", err)
+	}
 	s.cache.clear()
 	defer s.cache.clear()
 	return s.inTx(ctx, "disconnect all", func(tx *sql.Tx) error {
@@ -490,6 +482,7 @@ func (s *Store) Scan(ctx context.Context, f registry.ScanFilter, fn func(rec *re
 			return fmt.Errorf("scan: %w", err)
 		}
 		rec.Conn = registry.Connection{Connected: conn != 0, UpdatedAt: fromNanos(updated), LastActivity: fromNanos(activity)}
+		s.conns.apply(rec)
 		if err := fn(rec); err != nil {
 			return err
 		}
