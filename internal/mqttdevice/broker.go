@@ -140,7 +140,7 @@ func (b *Broker) Close() error {
 			cl.Stop(errors.New("hub shutting down"))
 		}
 	}
-	b.c2d.wg.Wait()
+	b.c2d.close()
 	b.cancel()
 	b.acks.wg.Wait()
 	return b.server.Close()

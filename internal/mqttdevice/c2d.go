@@ -21,6 +21,7 @@ type c2dDelivery struct {
 	b       *Broker
 	mu      sync.Mutex
 	devices map[string]*c2dDevice
+	closed  bool // under mu: no pass starts once close has begun waiting
 	wg      sync.WaitGroup
 }
 
@@ -72,14 +73,27 @@ func (d *c2dDelivery) sessionStarted(_ *mqtt.Client, deviceID string, clean bool
 
 // kick starts a delivery pass for a device in the background.
 func (d *c2dDelivery) kick(deviceID string) {
-	if d.b.ctx.Err() != nil {
+	// Add and Wait must not race while the count is zero: a session that
+	// starts as the hub shuts down would otherwise slip a pass past close.
+	d.mu.Lock()
+	if d.closed || d.b.ctx.Err() != nil {
+		d.mu.Unlock()
 		return
 	}
 	d.wg.Add(1)
+	d.mu.Unlock()
 	go func() {
 		defer d.wg.Done()
 		d.deliver(d.b.ctx, deviceID)
 	}()
+}
+
+// close stops new passes and waits for those running.
+func (d *c2dDelivery) close() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.wg.Wait()
 }
 
 func (d *c2dDelivery) deliver(ctx context.Context, deviceID string) {
