@@ -148,3 +148,87 @@ test('mosquitto_sub on its own C2D topic receives a message sent with the CLI', 
     await s.stop();
   }
 });
+
+// rxQueued is how many bytes wait unread in the TCP receive queues of a process
+// (from /proc/<pid>/fd and /proc/net/tcp*): with the process stopped, a count
+// above zero means the hub has written something to it that it has not read.
+function rxQueued(pid) {
+  const fs = require('node:fs');
+  const inodes = new Set();
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]);
+    } catch { /* closed meanwhile */ }
+  }
+  let n = 0;
+  for (const f of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try { text = fs.readFileSync(f, 'utf8'); } catch { continue; }
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols.length > 9 && inodes.has(cols[9])) n += parseInt(cols[4].split(':')[1], 16);
+    }
+  }
+  return n;
+}
+
+test('a C2D message in flight at a clean=false takeover is resent once by the session, not sent again, and completed', T, async () => {
+  const d = await hub.newDevice('mosq-takeover');
+  const topic = `devices/${d.id}/messages/devicebound/#`;
+  const prefix = `devices/${d.id}/messages/devicebound/`;
+  const copies = (s, payload) => s.out.split('\n').filter((l) => l.startsWith(prefix) && l.endsWith(` ${payload}`)).length;
+  const reg = await hub.registry();
+  const queued = async () => (await reg.get(d.id)).responseBody.cloudToDeviceMessageCount;
+
+  // first connection: persistent session (-c), QoS 1 subscription granted
+  const old = startSub(d, topic, ['-c']);
+  let takeover;
+  try {
+    await h.waitFor(() => /received SUBACK/.test(old.out), { timeout: 10000, what: 'SUBACK for the first connection' });
+    assert.match(old.out, /Subscribed \(mid: \d+\): 1\b/, `granted QoS 1: ${old.out}`);
+    // One message delivered and completed first, so the one held in flight
+    // below gets packet id 2. The new connection's SUBSCRIBE uses id 1, and
+    // mochi answers a SUBSCRIBE whose id equals an outbound in-flight PUBLISH's
+    // with 0x91 (145 in an MQTT 3.1.1 SUBACK), after which mosquitto_sub quits.
+    const warm = `warm-up ${h.uniqueId('c2d0')}`;
+    await hub.cliOK(['device', 'send-c2d', '-d', d.id, '--data', warm]);
+    await h.waitFor(() => copies(old, warm) === 1, { timeout: 10000, what: 'the warm-up message on the first connection' });
+    await h.waitFor(async () => (await queued()) === 0, { timeout: 10000, what: 'the warm-up message to be completed' });
+    await h.waitFor(() => rxQueued(old.proc.pid) === 0, { timeout: 5000, what: 'the first connection to read everything' });
+    // freeze it: it keeps its TCP connection but can neither read nor PUBACK
+    old.proc.kill('SIGSTOP');
+
+    const first = `in flight ${h.uniqueId('c2d1')}`;
+    await hub.cliOK(['device', 'send-c2d', '-d', d.id, '--data', first]);
+    // the PUBLISH is in the frozen client's receive queue: mochi holds it in flight
+    await h.waitFor(() => rxQueued(old.proc.pid) > 0, { timeout: 10000, what: 'the hub to write the C2D PUBLISH to the frozen connection' });
+    assert.equal(copies(old, first), 0, 'the frozen client printed the message');
+    assert.equal(await queued(), 1, 'the unacknowledged message is still queued');
+
+    // second connection, same client id, clean=false: takes the session over
+    takeover = startSub(d, topic, ['-c']);
+    await h.waitFor(() => copies(takeover, first) >= 1, { timeout: 10000, what: 'the in-flight message on the new connection' });
+    old.proc.kill('SIGKILL');
+    // it came from the session's resend (DUP set), so it really was in flight
+    assert.match(takeover.out, /received PUBLISH \(d1, q1, r0, m2, 'devices\//, `not a session resend: ${takeover.out}`);
+    await h.waitFor(() => /Subscribed \(mid: \d+\): /.test(takeover.out), { timeout: 10000, what: 'SUBACK on the new connection' });
+    assert.equal(copies(takeover, first), 1, `a second copy of the in-flight message after the takeover:\n${takeover.out}`);
+    assert.match(takeover.out, /Subscribed \(mid: \d+\): 1\b/, `granted QoS 1 on the new connection: ${takeover.out}`);
+
+    // a later message is delivered normally; on the same connection it follows
+    // anything the hub sent for the first one, so by now a second copy would show
+    const second = `after takeover ${h.uniqueId('c2d2')}`;
+    await hub.cliOK(['device', 'send-c2d', '-d', d.id, '--data', second]);
+    await h.waitFor(() => copies(takeover, second) >= 1 || copies(takeover, first) > 1, { timeout: 10000, what: 'the message sent after the takeover' });
+    assert.equal(copies(takeover, first), 1, `a second copy of the in-flight message after the takeover:\n${takeover.out}`);
+    // both PUBACKed and completed: nothing is left in the queue
+    await h.waitFor(async () => (await queued()) === 0, { timeout: 10000, what: 'cloudToDeviceMessageCount 0 (both messages completed)' });
+    assert.equal(copies(takeover, first), 1, `the in-flight message must arrive exactly once after the takeover:\n${takeover.out}`);
+    assert.equal(copies(takeover, second), 1, `the later message must arrive exactly once:\n${takeover.out}`);
+  } finally {
+    if (old.proc.exitCode === null && old.proc.signalCode === null) old.proc.kill('SIGKILL');
+    await h.withTimeout(old.exited, 5000, 'the frozen mosquitto_sub to exit').catch(() => {});
+    if (takeover) await takeover.stop();
+  }
+});
