@@ -97,6 +97,9 @@ type Config struct {
 	Select Select
 	// DeadLetters receives messages whose delivery failed for RetryPeriod.
 	DeadLetters msglog.Log
+	// Decoded, when set, is shared by every worker reading Log, so that a
+	// record is decoded once rather than once per endpoint.
+	Decoded *DecodedRecords
 	// RetryPeriod defaults to one hour, like IoT Hub.
 	RetryPeriod time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts.
@@ -217,7 +220,7 @@ func (w *Worker) selectRecords(recs []msglog.Record) ([]message.Message, []uint6
 	batch := make([]message.Message, 0, len(recs))
 	offs := make([]uint64, 0, len(recs))
 	for _, r := range recs {
-		m, err := msglog.DecodeMessage(r.Data)
+		m, err := w.cfg.Decoded.decode(r)
 		if err != nil {
 			w.cfg.Logger.Error("undecodable log record skipped", "endpoint", w.cfg.Name, "offset", r.Offset, "error", err)
 			continue

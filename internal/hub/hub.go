@@ -63,6 +63,8 @@ type Hub struct {
 	c2d      *c2d.Queue
 	events   *events.Stream
 	msglog   *msglog.PebbleLog
+	// decoded is shared by the endpoint workers reading msglog.
+	decoded *endpoint.DecodedRecords
 
 	dnsStore *dnszone.Store
 	dns      *dnszone.Server
@@ -170,6 +172,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	// before the device gets its PUBACK. Run trims it behind the slowest
 	// endpoint once a minute, so it holds what some endpoint still owes.
 	h.msglog, err = msglog.OpenPebble(filepath.Join(h.dataDir, "log"), msglog.PebbleOptions{Logger: log.With("component", "msglog")})
+	h.decoded = endpoint.NewDecodedRecords()
 	if err != nil {
 		h.close()
 		return nil, fmt.Errorf("message log: %w", err)

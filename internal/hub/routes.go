@@ -162,7 +162,7 @@ func (h *Hub) newWorker(name string, sink endpoint.Sink, dead msglog.Log) *endpo
 		return false, nil
 	}
 	cfg := endpoint.Config{
-		Name: name, Log: h.msglog, Sink: sink, Select: sel, RetryPeriod: h.retryPeriod,
+		Name: name, Log: h.msglog, Decoded: h.decoded, Sink: sink, Select: sel, RetryPeriod: h.retryPeriod,
 		Logger: h.log.With("component", "endpoint", "endpoint", name),
 	}
 	if dead != nil { // a nil *PebbleLog in the interface would not be nil
