@@ -3,10 +3,13 @@ package endpoint
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -54,23 +57,7 @@ type WebhookRecord struct {
 
 // Send implements Sink.
 func (h *Webhook) Send(ctx context.Context, batch []message.Message) error {
-	recs := make([]WebhookRecord, len(batch))
-	for i, m := range batch {
-		r := WebhookRecord{SystemProperties: m.System, Properties: m.Properties, EnqueuedTimeUtc: m.Enqueued.UTC()}
-		switch {
-		case len(m.Body) > 0 && json.Valid(m.Body):
-			r.Body = m.Body
-		case utf8.Valid(m.Body):
-			r.BodyText = string(m.Body)
-		default:
-			r.BodyBase64 = m.Body
-		}
-		recs[i] = r
-	}
-	body, err := json.Marshal(recs)
-	if err != nil {
-		return fmt.Errorf("webhook %s: encode: %w", h.cfg.Name, err)
-	}
+	body := appendWebhookBatch(make([]byte, 0, 256*len(batch)), batch)
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.cfg.URL, bytes.NewReader(body))
@@ -97,4 +84,102 @@ func (h *Webhook) Send(ctx context.Context, batch []message.Message) error {
 func (h *Webhook) Close() error {
 	h.client.CloseIdleConnections()
 	return nil
+}
+
+// appendWebhookBatch writes batch as the JSON array of WebhookRecord that
+// json.Marshal would give, up to insignificant differences: a JSON body is
+// copied as it came (Marshal would compact it) and strings escape only what
+// JSON requires (Marshal also escapes <, > and &). Marshal's reflection and
+// its second pass over every body were a tenth of the hub's CPU on a routed
+// stream.
+func appendWebhookBatch(b []byte, batch []message.Message) []byte {
+	b = append(b, '[')
+	for i, m := range batch {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"systemProperties":`...)
+		b = appendStringMap(b, m.System)
+		b = append(b, `,"properties":`...)
+		b = appendStringMap(b, m.Properties)
+		b = append(b, `,"enqueuedTimeUtc":"`...)
+		b = m.Enqueued.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+		switch {
+		case len(m.Body) == 0:
+		case json.Valid(m.Body):
+			b = append(b, `,"body":`...)
+			b = append(b, m.Body...)
+		case utf8.Valid(m.Body):
+			b = append(b, `,"bodyText":`...)
+			b = appendJSONString(b, string(m.Body))
+		default:
+			b = append(b, `,"bodyBase64":"`...)
+			b = base64.StdEncoding.AppendEncode(b, m.Body)
+			b = append(b, '"')
+		}
+		b = append(b, '}')
+	}
+	return append(b, ']')
+}
+
+// appendStringMap writes m as a JSON object with sorted keys (null if nil).
+func appendStringMap(b []byte, m map[string]string) []byte {
+	if m == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, '{')
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		b = appendJSONString(b, m[k])
+	}
+	return append(b, '}')
+}
+
+// appendJSONString writes s as a JSON string; invalid UTF-8 becomes U+FFFD,
+// as with json.Marshal.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
