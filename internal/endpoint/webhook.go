@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"slices"
 	"time"
@@ -57,7 +56,7 @@ type WebhookRecord struct {
 
 // Send implements Sink.
 func (h *Webhook) Send(ctx context.Context, batch []message.Message) error {
-	body := appendWebhookBatch(make([]byte, 0, 256*len(batch)), batch)
+	body := appendWebhookBatch(make([]byte, 0, webhookBatchSize(batch)), batch)
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.cfg.URL, bytes.NewReader(body))
@@ -123,13 +122,34 @@ func appendWebhookBatch(b []byte, batch []message.Message) []byte {
 	return append(b, ']')
 }
 
+// webhookBatchSize is about the size of batch's encoding, so that the buffer
+// is allocated once (escapes and base64 may still grow it).
+func webhookBatchSize(batch []message.Message) int {
+	n := 2
+	for _, m := range batch {
+		n += 128 + len(m.Body) + len(m.Body)/3
+		for _, props := range []map[string]string{m.System, m.Properties} {
+			for k, v := range props {
+				n += len(k) + len(v) + 6
+			}
+		}
+	}
+	return n
+}
+
 // appendStringMap writes m as a JSON object with sorted keys (null if nil).
 func appendStringMap(b []byte, m map[string]string) []byte {
 	if m == nil {
 		return append(b, "null"...)
 	}
+	var buf [16]string // messages carry a handful of properties: no allocation
+	keys := buf[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
 	b = append(b, '{')
-	for i, k := range slices.Sorted(maps.Keys(m)) {
+	for i, k := range keys {
 		if i > 0 {
 			b = append(b, ',')
 		}

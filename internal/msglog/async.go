@@ -10,6 +10,7 @@ type AsyncAppender interface {
 	// AppendAsync queues data and calls done exactly once, with the offset
 	// once the record is durable or with an error. Appends issued from one
 	// goroutine get increasing offsets, and their done calls come in the same
-	// order. done may run on an internal goroutine and must not block.
+	// order. done may run on an internal goroutine and must not block. As
+	// with Append, the log may keep data: the caller must not change it.
 	AppendAsync(data []byte, done func(offset uint64, err error))
 }

@@ -24,9 +24,12 @@ var ErrClosed = errors.New("msglog: closed")
 type Log interface {
 	// Append writes data and returns once it is durable. Offsets start at 1
 	// and increase by one per record. Concurrent appends are group-committed.
+	// The log may keep data and hand it to readers: the caller must not
+	// change it afterwards.
 	Append(ctx context.Context, data []byte) (offset uint64, err error)
 	// Read returns up to max records with offset >= from, in order; it does
-	// not wait.
+	// not wait. Records' Data may be shared with other readers and must not
+	// be changed.
 	Read(ctx context.Context, from uint64, max int) ([]Record, error)
 	// Wait blocks until a record with offset > after exists, or ctx ends.
 	Wait(ctx context.Context, after uint64) error

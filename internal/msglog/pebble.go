@@ -78,6 +78,10 @@ type PebbleLog struct {
 	// last is the highest durable offset; notify is closed (and replaced)
 	// whenever last grows or the log closes, waking Wait.
 	last atomic.Uint64
+	// tail holds the latest small records as appended, so that consumers
+	// keeping up with the log read them without a pebble iterator or a copy
+	// (see tailRing).
+	tail tailRing
 	// floor is the lowest offset kept (the last trim's bound); tmu orders
 	// trims so that it only rises.
 	floor  atomic.Uint64
@@ -336,6 +340,11 @@ func (l *PebbleLog) commit(reqs []*appendReq) {
 			l.broken = err
 			l.qmu.Unlock()
 		} else {
+			for _, r := range reqs {
+				if r.off != 0 {
+					l.tail.put(r.off, r.data)
+				}
+			}
 			l.last.Store(next + uint64(n) - 1)
 			l.commits.Add(1)
 			l.appended.Add(uint64(n))
@@ -386,6 +395,11 @@ func (l *PebbleLog) Read(ctx context.Context, from uint64, max int) ([]Record, e
 	last := l.last.Load()
 	if from > last {
 		return nil, nil
+	}
+	if from >= l.floor.Load() {
+		if recs := l.tail.read(from, last, max); len(recs) > 0 {
+			return recs, nil
+		}
 	}
 	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: recordKey(from), UpperBound: recordKey(last + 1)})
 	if err != nil {
@@ -586,6 +600,54 @@ func (l *PebbleLog) DiskUsage() uint64 {
 
 // pebbleLogger routes pebble's messages to slog. Pebble reports routine
 // events (WAL recycling, flushes) at Infof; they go to debug.
+// tailRing keeps the latest records of up to tailMaxBytes, by offset modulo
+// its size. Endpoint workers read right behind the committer: at a small
+// batch size each worker's pebble iterator and copy of every record were a
+// fifth of the hub's allocations. Only the committer writes it, before it
+// publishes the new last offset; readers check each slot's offset, so a slot
+// reused for a later record sends them to pebble.
+type tailRing struct {
+	slots [tailSlots]atomic.Pointer[tailEntry]
+}
+
+type tailEntry struct {
+	off  uint64
+	data []byte
+}
+
+// tailSlots and tailMaxBytes bound what the ring keeps alive (16 MiB at
+// worst; a few MiB for typical telemetry).
+const (
+	tailSlots    = 4096
+	tailMaxBytes = 4 << 10
+)
+
+func (t *tailRing) put(off uint64, data []byte) {
+	s := &t.slots[off%tailSlots]
+	if len(data) > tailMaxBytes {
+		s.Store(nil)
+		return
+	}
+	s.Store(&tailEntry{off: off, data: data})
+}
+
+// read returns the records from..last (at most max) that are still in the
+// ring, stopping at the first that is not; nil if from is not.
+func (t *tailRing) read(from, last uint64, max int) []Record {
+	var recs []Record
+	for off := from; off <= last && len(recs) < max; off++ {
+		e := t.slots[off%tailSlots].Load()
+		if e == nil || e.off != off {
+			break
+		}
+		if recs == nil {
+			recs = make([]Record, 0, min(uint64(max), last-from+1))
+		}
+		recs = append(recs, Record{Offset: off, Data: e.data})
+	}
+	return recs
+}
+
 type pebbleLogger struct{ l *slog.Logger }
 
 func (p pebbleLogger) Infof(format string, args ...any) {

@@ -109,10 +109,8 @@ func testOrder(t *testing.T, l msglog.Log) {
 	if recs := read(t, l, 1, 0); len(recs) != 0 {
 		t.Fatalf("read of max 0 returned %d records", len(recs))
 	}
-	// Records returned are the caller's: changing one changes nothing.
-	recs := read(t, l, 1, 1)
-	recs[0].Data[0] = 'X'
-	checkRange(t, read(t, l, 1, 1), 1, 1)
+	// Records returned may be shared with other readers (Log.Read): they are
+	// not the caller's to change, so nothing here writes to them.
 	// Empty records are records too.
 	off, err := l.Append(ctxT(t), nil)
 	if err != nil || off != 101 {
