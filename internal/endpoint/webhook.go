@@ -37,7 +37,11 @@ func NewWebhook(cfg WebhookConfig, client *http.Client) *Webhook {
 		cfg.Timeout = 30 * time.Second
 	}
 	if client == nil {
-		client = &http.Client{}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// A batch that fits the write buffer goes out without the 32 KiB
+		// copy buffer net/http otherwise allocates for every request body.
+		t.WriteBufferSize = 64 << 10
+		client = &http.Client{Transport: t}
 	}
 	return &Webhook{cfg: cfg, client: client}
 }
