@@ -8,6 +8,7 @@ package hub_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -1114,6 +1115,43 @@ func TestSessions(t *testing.T) {
 			t.Fatalf("redelivery after clean=true reconnect: %+v", p)
 		}
 		r.write(pubackPacket(p.pid))
+		r.ping()
+		if n := purge(t, dev.DeviceID); n != 0 {
+			t.Fatalf("%d messages still queued after PUBACK", n)
+		}
+		r.noPublish(300 * time.Millisecond)
+	})
+
+	t.Run("SUBSCRIBE reusing the id of a C2D message in flight", func(t *testing.T) {
+		t.Parallel()
+		dev := newDevice(t, "sess-pid")
+		tok := deviceToken(t, dev, time.Hour)
+		filter := "devices/" + dev.DeviceID + "/messages/devicebound/#"
+		mustSendC2D(t, dev.DeviceID, "pid-1", nil, []byte("one"))
+		r := dialRaw(t)
+		r.mustConnect(4, dev.DeviceID, tok, false)
+		r.write(subscribePacket(4, 1, filter))
+		r.expect(9, 5*time.Second)
+		first := r.nextPublish(5 * time.Second)
+		r.conn.Close()
+
+		// Reconnect and resubscribe, as mosquitto_sub and mqtt.js do, with the
+		// identifier the hub's resent message carries: the two directions'
+		// identifiers are separate, so the SUBSCRIBE is granted.
+		r = dialRaw(t)
+		r.mustConnect(4, dev.DeviceID, tok, false)
+		resent := r.nextPublish(5 * time.Second)
+		if resent.pid != first.pid || string(resent.payload) != "one" {
+			t.Fatalf("resend %+v, first delivery %+v", resent, first)
+		}
+		r.write(subscribePacket(4, resent.pid, filter))
+		suback := r.expect(9, 5*time.Second)
+		if want := []byte{byte(resent.pid >> 8), byte(resent.pid), 1}; !bytes.Equal(suback.body, want) {
+			t.Fatalf("SUBACK % x, want % x (granted QoS 1)", suback.body, want)
+		}
+		// The message is still in flight under its identifier: the PUBACK
+		// completes it, and nothing is sent again.
+		r.write(pubackPacket(resent.pid))
 		r.ping()
 		if n := purge(t, dev.DeviceID); n != 0 {
 			t.Fatalf("%d messages still queued after PUBACK", n)

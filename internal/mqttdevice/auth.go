@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"net"
 	"strings"
 	"sync"
@@ -34,7 +35,16 @@ type connState struct {
 	// cloud-to-device message overtakes the SUBACK. c2dSuback: a SUBACK
 	// granting one is on its way.
 	c2dReady, c2dSuback atomic.Bool
-	mu                  sync.Mutex
+	// parked is an outbound PUBLISH stepped aside while a SUBSCRIBE with its
+	// packet identifier is processed (hook.park); only the connection's
+	// reading goroutine touches it.
+	parked *parked
+	mu     sync.Mutex
+}
+
+type parked struct {
+	pk  packets.Packet
+	dev *c2dDevice // its C2D pass lock is held while parked; nil for modules
 }
 
 func (s *connState) stop() {

@@ -29,7 +29,7 @@ func (h *hook) Provides(e byte) bool {
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSubscribed,
 		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnWill, mqtt.OnUnsubscribed,
-		mqtt.OnPacketSent,
+		mqtt.OnPacketSent, mqtt.OnPacketProcessed,
 	}, []byte{e})
 }
 
@@ -225,11 +225,65 @@ func ackedLater(pk packets.Packet) (packets.Packet, error) {
 // Only ErrRejectPacket ends the connection: mochi ignores other hook errors
 // here and would answer the publish.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2 {
-		h.b.closeClient(cl, packets.ErrQosNotSupported, "QoS 2 publish is not supported")
-		return pk, packets.ErrRejectPacket
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		if pk.FixedHeader.Qos == 2 {
+			h.b.closeClient(cl, packets.ErrQosNotSupported, "QoS 2 publish is not supported")
+			return pk, packets.ErrRejectPacket
+		}
+	case packets.Subscribe:
+		if pk.SubscribeValidate() == packets.CodeSuccess {
+			h.park(cl, pk.PacketID)
+		}
+	case packets.Unsubscribe:
+		if pk.UnsubscribeValidate() == packets.CodeSuccess {
+			h.park(cl, pk.PacketID)
+		}
 	}
 	return pk, nil
+}
+
+// park steps an outbound PUBLISH aside while the device's SUBSCRIBE or
+// UNSUBSCRIBE with the same packet identifier is processed. MQTT keeps the
+// two directions' identifiers apart, but mochi looks both up in one in-flight
+// map and refuses such a SUBSCRIBE with 0x91 (not even a valid MQTT 3.1.1
+// SUBACK code): a device that resubscribes after a clean=false reconnect,
+// while a cloud-to-device message is in flight, would lose its subscription.
+// The message goes back in OnPacketProcessed, on the same goroutine, before
+// the device's next packet (its PUBACK, say) is read; the device's C2D pass
+// lock is held meanwhile so that no new message takes the free identifier.
+// Only packets that pass mochi's validation are parked: those always reach
+// OnPacketProcessed.
+func (h *hook) park(cl *mqtt.Client, id uint16) {
+	out, ok := cl.State.Inflight.Get(id)
+	if !ok || out.FixedHeader.Type != packets.Publish {
+		return
+	}
+	s := h.sessionOf(cl)
+	if s == nil {
+		return
+	}
+	p := &parked{pk: out}
+	if s.id.ModuleID == "" {
+		p.dev = h.b.c2d.device(s.id.DeviceID, true)
+		p.dev.deliver.Lock()
+	}
+	cl.State.Inflight.Delete(id)
+	s.parked = p
+}
+
+// OnPacketProcessed puts back what park stepped aside.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, _ packets.Packet, _ error) {
+	s := h.sessionOf(cl)
+	if s == nil || s.parked == nil {
+		return
+	}
+	p := s.parked
+	s.parked = nil
+	cl.State.Inflight.Set(p.pk)
+	if p.dev != nil {
+		p.dev.deliver.Unlock()
+	}
 }
 
 // OnPublish handles IoT Hub topics. It runs before mochi sends the PUBACK, so an

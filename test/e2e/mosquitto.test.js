@@ -187,14 +187,9 @@ test('a C2D message in flight at a clean=false takeover is resent once by the se
   try {
     await h.waitFor(() => /received SUBACK/.test(old.out), { timeout: 10000, what: 'SUBACK for the first connection' });
     assert.match(old.out, /Subscribed \(mid: \d+\): 1\b/, `granted QoS 1: ${old.out}`);
-    // One message delivered and completed first, so the one held in flight
-    // below gets packet id 2. The new connection's SUBSCRIBE uses id 1, and
-    // mochi answers a SUBSCRIBE whose id equals an outbound in-flight PUBLISH's
-    // with 0x91 (145 in an MQTT 3.1.1 SUBACK), after which mosquitto_sub quits.
-    const warm = `warm-up ${h.uniqueId('c2d0')}`;
-    await hub.cliOK(['device', 'send-c2d', '-d', d.id, '--data', warm]);
-    await h.waitFor(() => copies(old, warm) === 1, { timeout: 10000, what: 'the warm-up message on the first connection' });
-    await h.waitFor(async () => (await queued()) === 0, { timeout: 10000, what: 'the warm-up message to be completed' });
+    // No message before the one held in flight: it gets packet id 1, the id
+    // the new connection's SUBSCRIBE uses too. The directions' ids are
+    // separate in MQTT (mochi alone would refuse that SUBSCRIBE with 0x91).
     await h.waitFor(() => rxQueued(old.proc.pid) === 0, { timeout: 5000, what: 'the first connection to read everything' });
     // freeze it: it keeps its TCP connection but can neither read nor PUBACK
     old.proc.kill('SIGSTOP');
@@ -211,7 +206,7 @@ test('a C2D message in flight at a clean=false takeover is resent once by the se
     await h.waitFor(() => copies(takeover, first) >= 1, { timeout: 10000, what: 'the in-flight message on the new connection' });
     old.proc.kill('SIGKILL');
     // it came from the session's resend (DUP set), so it really was in flight
-    assert.match(takeover.out, /received PUBLISH \(d1, q1, r0, m2, 'devices\//, `not a session resend: ${takeover.out}`);
+    assert.match(takeover.out, /received PUBLISH \(d1, q1, r0, m1, 'devices\//, `not a session resend: ${takeover.out}`);
     await h.waitFor(() => /Subscribed \(mid: \d+\): /.test(takeover.out), { timeout: 10000, what: 'SUBACK on the new connection' });
     assert.equal(copies(takeover, first), 1, `a second copy of the in-flight message after the takeover:\n${takeover.out}`);
     assert.match(takeover.out, /Subscribed \(mid: \d+\): 1\b/, `granted QoS 1 on the new connection: ${takeover.out}`);
