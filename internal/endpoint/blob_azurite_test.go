@@ -100,7 +100,9 @@ func newTestWorker(log, dead msglog.Log, sink Sink) *Worker {
 		Name: "archive", Log: log, Sink: sink, DeadLetters: dead, BatchSize: 16,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 		Logger: slog.New(slog.DiscardHandler),
-		Select: func(message.Message) (bool, map[string]string) { return true, map[string]string{"site": "berlin"} },
+		Select: func(uint64, message.Message) (bool, map[string]string) {
+			return true, map[string]string{"site": "berlin"}
+		},
 	})
 }
 

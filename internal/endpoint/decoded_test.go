@@ -74,7 +74,7 @@ func TestSharedDecodingKeepsWorkersApart(t *testing.T) {
 				mu.Unlock()
 				return nil
 			}),
-			Select: func(message.Message) (bool, map[string]string) { return true, enrich }})
+			Select: func(uint64, message.Message) (bool, map[string]string) { return true, enrich }})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- w.Run(ctx) }()

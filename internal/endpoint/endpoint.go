@@ -86,8 +86,10 @@ type Health struct {
 }
 
 // Select decides whether a message goes to this endpoint and which
-// application properties (enrichments) it gets there.
-type Select func(m message.Message) (deliver bool, enrich map[string]string)
+// application properties (enrichments) it gets there. off is the message's
+// offset in the log: every endpoint's worker asks about every record, and
+// offsets are unique, so a selection may remember its answer by it.
+type Select func(off uint64, m message.Message) (deliver bool, enrich map[string]string)
 
 // Config configures a Worker.
 type Config struct {
@@ -225,7 +227,7 @@ func (w *Worker) selectRecords(recs []msglog.Record) ([]message.Message, []uint6
 			w.cfg.Logger.Error("undecodable log record skipped", "endpoint", w.cfg.Name, "offset", r.Offset, "error", err)
 			continue
 		}
-		ok, enrich := w.cfg.Select(m)
+		ok, enrich := w.cfg.Select(r.Offset, m)
 		if !ok {
 			continue
 		}

@@ -93,7 +93,7 @@ func TestWorkerRetriesSelectsEnrichesAndCommits(t *testing.T) {
 	w := NewWorker(Config{
 		Name: "hook", Log: log, BatchSize: 4, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
 		Sink: NewWebhook(WebhookConfig{Name: "hook", URL: srv.URL, Headers: map[string]string{"X-Key": "k1"}}, nil),
-		Select: func(m message.Message) (bool, map[string]string) {
+		Select: func(_ uint64, m message.Message) (bool, map[string]string) {
 			return m.Properties["tag"] == "a", map[string]string{"site": "berlin"}
 		},
 	})
@@ -139,7 +139,7 @@ func TestWorkerRetriesSelectsEnrichesAndCommits(t *testing.T) {
 	before := rcv.requests.Load()
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	w2 := NewWorker(Config{Name: "hook", Log: log, Sink: NewWebhook(WebhookConfig{URL: srv.URL, Headers: map[string]string{"X-Key": "k1"}}, nil),
-		Select: func(message.Message) (bool, map[string]string) { return true, nil }})
+		Select: func(uint64, message.Message) (bool, map[string]string) { return true, nil }})
 	go func() { done <- w2.Run(ctx2) }()
 	time.Sleep(100 * time.Millisecond)
 	if n := rcv.requests.Load(); n != before {
@@ -160,7 +160,7 @@ func TestWorkerDeadLettersAfterRetryPeriod(t *testing.T) {
 		Name: "hook", Log: log, DeadLetters: dead, RetryPeriod: 50 * time.Millisecond,
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
 		Sink:   NewWebhook(WebhookConfig{Name: "hook", URL: srv.URL}, nil),
-		Select: func(message.Message) (bool, map[string]string) { return true, nil },
+		Select: func(uint64, message.Message) (bool, map[string]string) { return true, nil },
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -316,7 +316,7 @@ func (b *memBatcher) committed() (units [][]message.Message, pending int) {
 func startWorker(t *testing.T, cfg Config) (*Worker, func() error) {
 	t.Helper()
 	if cfg.Select == nil {
-		cfg.Select = func(m message.Message) (bool, map[string]string) { return m.Properties["tag"] != "skip", nil }
+		cfg.Select = func(_ uint64, m message.Message) (bool, map[string]string) { return m.Properties["tag"] != "skip", nil }
 	}
 	cfg.Name, cfg.MinBackoff, cfg.MaxBackoff = "batch", time.Millisecond, 5*time.Millisecond
 	w := NewWorker(cfg)
@@ -418,7 +418,7 @@ func TestWorkerBatcherRetriesAndDeadLetters(t *testing.T) {
 	tags := map[string]string{}
 	var tagsMu sync.Mutex
 	w, _ := startWorker(t, Config{Log: log, Sink: b, DeadLetters: dead, RetryPeriod: 100 * time.Millisecond,
-		Select: func(m message.Message) (bool, map[string]string) {
+		Select: func(_ uint64, m message.Message) (bool, map[string]string) {
 			tagsMu.Lock()
 			defer tagsMu.Unlock()
 			return m.Properties["tag"] != "skip", map[string]string{"route": tags["route"]}
@@ -473,7 +473,7 @@ func TestWorkerBatcherContract(t *testing.T) {
 	log := msglog.NewMemory()
 	appendN(t, log, 1, "a")
 	w := NewWorker(Config{Name: "batch", Log: log, Sink: &memBatcher{greedy: true},
-		Select: func(message.Message) (bool, map[string]string) { return true, nil }})
+		Select: func(uint64, message.Message) (bool, map[string]string) { return true, nil }})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := w.Run(ctx); err == nil || !strings.Contains(err.Error(), "staged nothing into an empty unit") {
@@ -504,7 +504,7 @@ func TestBatchBytesBound(t *testing.T) {
 		return nil
 	})
 	w := NewWorker(Config{Name: "big", Log: log, Sink: sink, MaxBatchBytes: 2500, Logger: slog.New(slog.DiscardHandler),
-		Select: func(message.Message) (bool, map[string]string) { return true, nil }})
+		Select: func(uint64, message.Message) (bool, map[string]string) { return true, nil }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

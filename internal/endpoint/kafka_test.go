@@ -363,7 +363,7 @@ func TestKafkaWorkerRidesOutBrokerRestart(t *testing.T) {
 	sink := fastSink(t, KafkaConfig{Name: "k", Brokers: []string{addr}, Topic: testTopic})
 	w := NewWorker(Config{Name: "k", Log: log, Sink: sink, BatchSize: 10,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-		Select: func(message.Message) (bool, map[string]string) { return true, nil }})
+		Select: func(uint64, message.Message) (bool, map[string]string) { return true, nil }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

@@ -63,8 +63,9 @@ type Hub struct {
 	c2d      *c2d.Queue
 	events   *events.Stream
 	msglog   *msglog.PebbleLog
-	// decoded is shared by the endpoint workers reading msglog.
+	// decoded and routed are shared by the endpoint workers reading msglog.
 	decoded *endpoint.DecodedRecords
+	routed  routedRecords
 
 	dnsStore *dnszone.Store
 	dns      *dnszone.Server

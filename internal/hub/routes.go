@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/moat-iot/moat/internal/config"
@@ -50,6 +51,35 @@ type routingState struct {
 	cfg       config.Routing
 	router    *routing.Router
 	needsTwin bool
+}
+
+// routedRecords remembers, by log offset, which endpoints the routing in force
+// sends a record to. Every endpoint's worker asks about every record; with
+// it the routes are evaluated (and the sender's twin fetched) once per record
+// instead of once per endpoint. An entry is used only under the routing it
+// was computed with, so a routing change takes effect at once.
+type routedRecords struct {
+	slots [routedSlots]atomic.Pointer[routedEntry]
+}
+
+type routedEntry struct {
+	off       uint64
+	st        *routingState
+	in        routing.Input
+	endpoints []string
+}
+
+const routedSlots = 4096
+
+func (c *routedRecords) lookup(off uint64, st *routingState, compute func() routedEntry) *routedEntry {
+	slot := &c.slots[off%routedSlots]
+	if e := slot.Load(); e != nil && e.off == off && e.st == st {
+		return e
+	}
+	e := compute()
+	e.off, e.st = off, st
+	slot.Store(&e)
+	return &e
 }
 
 // routingNow returns the routing in force.
@@ -145,18 +175,21 @@ func (h *Hub) deadLetterDir(name string) string {
 // force for every message, so route and enrichment changes apply to what the
 // worker has not yet delivered.
 func (h *Hub) newWorker(name string, sink endpoint.Sink, dead msglog.Log) *endpoint.Worker {
-	sel := func(m message.Message) (bool, map[string]string) {
+	sel := func(off uint64, m message.Message) (bool, map[string]string) {
 		if to, ok := endpoint.ReplayTarget(m); ok {
 			return to == name, nil // a dead letter put back for one endpoint
 		}
 		st := h.routingNow()
-		in := routing.Input{Source: routing.SourceOf(m), Message: m}
-		if st.needsTwin {
-			in.Twin = h.senderTwin(m)
-		}
-		for _, e := range st.router.Endpoints(in) {
+		r := h.routed.lookup(off, st, func() routedEntry {
+			in := routing.Input{Source: routing.SourceOf(m), Message: m}
+			if st.needsTwin {
+				in.Twin = h.senderTwin(m)
+			}
+			return routedEntry{in: in, endpoints: st.router.Endpoints(in)}
+		})
+		for _, e := range r.endpoints {
 			if e == name {
-				return true, st.router.Enrich(in, name)
+				return true, st.router.Enrich(r.in, name)
 			}
 		}
 		return false, nil
