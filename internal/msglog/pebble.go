@@ -84,10 +84,15 @@ type PebbleLog struct {
 	tail tailRing
 	// floor is the lowest offset kept (the last trim's bound); tmu orders
 	// trims so that it only rises.
-	floor  atomic.Uint64
-	tmu    sync.Mutex
-	nmu    sync.Mutex
-	notify chan struct{}
+	floor atomic.Uint64
+	tmu   sync.Mutex
+	// spilled counts records that were still undelivered when their memtable
+	// was flushed, so that they sit in sstables; spillTop is the last offset
+	// at the latest such flush. See reclaim.
+	spilled  atomic.Uint64
+	spillTop atomic.Uint64
+	nmu      sync.Mutex
+	notify   chan struct{}
 
 	// qmu guards the append queue and closed; kick wakes the committer.
 	qmu     sync.Mutex
@@ -156,6 +161,13 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleLog, error) {
 		FreeSpaceThresholdBytes: 1 << 30,
 		Logger:                  pebbleLogger{opts.Logger},
 	}
+	// Flushes may begin inside Open, before the log exists.
+	var self atomic.Pointer[PebbleLog]
+	po.EventListener = &pebble.EventListener{FlushBegin: func(pebble.FlushInfo) {
+		if l := self.Load(); l != nil {
+			l.noteFlush()
+		}
+	}}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("msglog: open %s: %w", dir, err)
@@ -174,6 +186,7 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleLog, error) {
 	}
 	l.last.Store(last)
 	l.floor.Store(floor)
+	self.Store(l)
 	go l.commitLoop()
 	return l, nil
 }
@@ -548,7 +561,35 @@ func (l *PebbleLog) Trim(ctx context.Context, below uint64) error {
 		return fmt.Errorf("msglog: trim: %w", err)
 	}
 	l.floor.Store(below)
+	l.reclaim(below)
 	return nil
+}
+
+// noteFlush runs as pebble begins a flush: the records between the trim
+// floor and the last offset are live and go to sstables.
+func (l *PebbleLog) noteFlush() {
+	last, floor := l.last.Load(), l.floor.Load()
+	if last >= floor {
+		l.spilled.Add(last - floor + 1)
+		l.spillTop.Store(last)
+	}
+}
+
+// spillReclaim is how many spilled records make a trim past them flush at
+// once (about 10 MB of telemetry).
+const spillReclaim = 16 << 10
+
+// reclaim flushes the memtable when a trim has just passed a large backlog
+// that reached sstables (an endpoint that was down or slow), instead of
+// waiting until the memtable fills: the flush carries the trim's tombstone
+// to those sstables, and the compaction that drops them runs now, in the
+// quiet after the backlog, rather than during the next burst. tmu is held.
+func (l *PebbleLog) reclaim(below uint64) {
+	if l.spilled.Load() < spillReclaim || below <= l.spillTop.Load() {
+		return
+	}
+	l.spilled.Store(0)
+	_, _ = l.db.AsyncFlush() // best effort: pebble flushes later anyway
 }
 
 // Close stops the committer — appends already queued are committed first —
