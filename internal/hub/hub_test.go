@@ -545,6 +545,38 @@ func publishPacket(version byte, topic string, qos byte, pid uint16, payload []b
 
 func pubackPacket(pid uint16) []byte { return packet(0x40, u16(pid)) }
 
+// c2dLeftInFlight makes a device with a clean=false session subscribed to its
+// cloud-to-device messages, delivers one ("one") to it and drops the
+// connection without acknowledging it.
+func c2dLeftInFlight(t *testing.T, name string) (dev registry.Device, tok, filter string, first rawPublish) {
+	t.Helper()
+	dev = newDevice(t, name)
+	tok = deviceToken(t, dev, time.Hour)
+	filter = "devices/" + dev.DeviceID + "/messages/devicebound/#"
+	mustSendC2D(t, dev.DeviceID, name+"-1", nil, []byte("one"))
+	r := dialRaw(t)
+	r.mustConnect(4, dev.DeviceID, tok, false)
+	r.write(subscribePacket(4, 1, filter))
+	r.expect(9, 5*time.Second)
+	if first = r.nextPublish(5 * time.Second); string(first.payload) != "one" || first.qos != 1 {
+		t.Fatalf("first delivery %+v", first)
+	}
+	r.conn.Close()
+	return dev, tok, filter, first
+}
+
+// ackDrains acknowledges a cloud-to-device message and checks that it was the
+// last one queued and that nothing more is sent.
+func ackDrains(t *testing.T, r *rawClient, pid uint16, deviceID string) {
+	t.Helper()
+	r.write(pubackPacket(pid))
+	r.ping()
+	if n := purge(t, deviceID); n != 0 {
+		t.Fatalf("%d messages still queued after PUBACK", n)
+	}
+	r.noPublish(300 * time.Millisecond)
+}
+
 // connectRaw sends CONNECT and returns the CONNACK return (reason) code.
 func (r *rawClient) connect(version byte, id, pass string, clean bool) byte {
 	r.t.Helper()
@@ -1079,23 +1111,10 @@ func TestSessions(t *testing.T) {
 
 	t.Run("C2D completed exactly on PUBACK", func(t *testing.T) {
 		t.Parallel()
-		dev := newDevice(t, "sess-ack")
-		tok := deviceToken(t, dev, time.Hour)
-		filter := "devices/" + dev.DeviceID + "/messages/devicebound/#"
-		mustSendC2D(t, dev.DeviceID, "ack-1", nil, []byte("one"))
-
-		// Delivered, not acknowledged, connection dropped.
-		r := dialRaw(t)
-		r.mustConnect(4, dev.DeviceID, tok, false)
-		r.write(subscribePacket(4, 1, filter))
-		r.expect(9, 5*time.Second)
-		if p := r.nextPublish(5 * time.Second); string(p.payload) != "one" || p.qos != 1 {
-			t.Fatalf("first delivery %+v", p)
-		}
-		r.conn.Close()
+		dev, tok, filter, _ := c2dLeftInFlight(t, "sess-ack")
 
 		// The session resumes without SUBSCRIBE and the message comes again.
-		r = dialRaw(t)
+		r := dialRaw(t)
 		r.mustConnect(4, dev.DeviceID, tok, false)
 		if p := r.nextPublish(5 * time.Second); string(p.payload) != "one" {
 			t.Fatalf("redelivery after clean=false reconnect: %+v", p)
@@ -1114,31 +1133,17 @@ func TestSessions(t *testing.T) {
 		if string(p.payload) != "one" {
 			t.Fatalf("redelivery after clean=true reconnect: %+v", p)
 		}
-		r.write(pubackPacket(p.pid))
-		r.ping()
-		if n := purge(t, dev.DeviceID); n != 0 {
-			t.Fatalf("%d messages still queued after PUBACK", n)
-		}
-		r.noPublish(300 * time.Millisecond)
+		ackDrains(t, r, p.pid, dev.DeviceID)
 	})
 
 	t.Run("SUBSCRIBE reusing the id of a C2D message in flight", func(t *testing.T) {
 		t.Parallel()
-		dev := newDevice(t, "sess-pid")
-		tok := deviceToken(t, dev, time.Hour)
-		filter := "devices/" + dev.DeviceID + "/messages/devicebound/#"
-		mustSendC2D(t, dev.DeviceID, "pid-1", nil, []byte("one"))
-		r := dialRaw(t)
-		r.mustConnect(4, dev.DeviceID, tok, false)
-		r.write(subscribePacket(4, 1, filter))
-		r.expect(9, 5*time.Second)
-		first := r.nextPublish(5 * time.Second)
-		r.conn.Close()
+		dev, tok, filter, first := c2dLeftInFlight(t, "sess-pid")
 
 		// Reconnect and resubscribe, as mosquitto_sub and mqtt.js do, with the
 		// identifier the hub's resent message carries: the two directions'
 		// identifiers are separate, so the SUBSCRIBE is granted.
-		r = dialRaw(t)
+		r := dialRaw(t)
 		r.mustConnect(4, dev.DeviceID, tok, false)
 		resent := r.nextPublish(5 * time.Second)
 		if resent.pid != first.pid || string(resent.payload) != "one" {
@@ -1151,12 +1156,7 @@ func TestSessions(t *testing.T) {
 		}
 		// The message is still in flight under its identifier: the PUBACK
 		// completes it, and nothing is sent again.
-		r.write(pubackPacket(resent.pid))
-		r.ping()
-		if n := purge(t, dev.DeviceID); n != 0 {
-			t.Fatalf("%d messages still queued after PUBACK", n)
-		}
-		r.noPublish(300 * time.Millisecond)
+		ackDrains(t, r, resent.pid, dev.DeviceID)
 	})
 
 	t.Run("C2D not acknowledged stays queued", func(t *testing.T) {
