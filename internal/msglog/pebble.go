@@ -585,11 +585,14 @@ const spillReclaim = 16 << 10
 // to those sstables, and the compaction that drops them runs now, in the
 // quiet after the backlog, rather than during the next burst. tmu is held.
 func (l *PebbleLog) reclaim(below uint64) {
-	if l.spilled.Load() < spillReclaim || below <= l.spillTop.Load() {
-		return
+	if below <= l.spillTop.Load() {
+		return // still behind what was spilled
 	}
-	l.spilled.Store(0)
-	_, _ = l.db.AsyncFlush() // best effort: pebble flushes later anyway
+	// Past it: the count starts again either way. In steady flow every
+	// flush spills the records of the last moments, too few to matter.
+	if l.spilled.Swap(0) >= spillReclaim {
+		_, _ = l.db.AsyncFlush() // best effort: pebble flushes later anyway
+	}
 }
 
 // Close stops the committer — appends already queued are committed first —

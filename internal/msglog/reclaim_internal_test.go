@@ -54,6 +54,23 @@ func TestTrimPastSpilledBacklogFlushes(t *testing.T) {
 		t.Fatalf("a trim within the memtable flushed (%d -> %d flushes)", before, flushes())
 	}
 
+	// A flush in steady flow spills the last few records: trimming past them
+	// flushes nothing more, and the count starts again.
+	appendN(1000)
+	if err := l.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.spilled.Load(); n < 1000 {
+		t.Fatalf("spilled %d after a flush of 1000 live records", n)
+	}
+	before = flushes()
+	if err := l.Trim(ctx, l.Last()+1); err != nil {
+		t.Fatal(err)
+	}
+	if waitFlushes(before+1, 300*time.Millisecond) || l.spilled.Load() != 0 {
+		t.Fatalf("after trimming past a small spill: %d -> %d flushes, spilled %d", before, flushes(), l.spilled.Load())
+	}
+
 	// A backlog of many memtables' worth: it spills to sstables.
 	appendN(3 * spillReclaim)
 	if l.spilled.Load() < spillReclaim {
