@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"context"
+	"github.com/moat-iot/moat/internal/gcpace"
 	"github.com/spf13/cobra"
+	"time"
 
 	"github.com/moat-iot/moat/internal/config"
 	"github.com/moat-iot/moat/internal/hub"
@@ -59,7 +62,14 @@ off unless --mqtt-plain-addr is given.`,
 			if err != nil {
 				return err
 			}
-			return h.Run(cmd.Context())
+			ctx, cancel := context.WithCancel(cmd.Context())
+			paced := make(chan struct{})
+			go func() {
+				defer close(paced)
+				gcpace.Run(ctx, gcpace.DefaultFloor, 500*time.Millisecond)
+			}()
+			defer func() { cancel(); <-paced }()
+			return h.Run(ctx)
 		},
 	}
 	f := c.Flags()

@@ -1,0 +1,44 @@
+package gcpace
+
+import "testing"
+
+func TestPercent(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		name        string
+		live, floor uint64
+		want        int
+	}{
+		{"nothing live yet", 0, 128 * mib, 100},
+		{"small heap: goal raised to the floor", 32 * mib, 128 * mib, 300},
+		{"tiny heap: capped", 1 * mib, 128 * mib, 1000},
+		{"just under half the floor", 63 * mib, 128 * mib, 103},
+		{"half the floor: default", 64 * mib, 128 * mib, 100},
+		{"large heap: default", 1024 * mib, 128 * mib, 100},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Percent(tc.live, tc.floor)
+			if got != tc.want {
+				t.Fatalf("Percent(%d MiB, %d MiB) = %d, want %d", tc.live/mib, tc.floor/mib, got, tc.want)
+			}
+			if tc.live > 0 && got > 100 && got < 1000 {
+				if goal := tc.live * uint64(100+got) / 100; goal < tc.floor-tc.floor/50 || goal > tc.floor {
+					t.Fatalf("goal %d MiB, want about the floor %d MiB", goal/mib, tc.floor/mib)
+				}
+			}
+		})
+	}
+}
+
+func TestBusy(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		rate uint64
+		want bool
+	}{{0, false}, {12 * mib, false}, {13 * mib, true}, {300 * mib, true}} {
+		if got := Busy(tc.rate, 128*mib); got != tc.want {
+			t.Errorf("Busy(%d MiB/s) = %v, want %v", tc.rate/mib, got, tc.want)
+		}
+	}
+}
