@@ -1,6 +1,12 @@
 package gcpace
 
-import "testing"
+import (
+	"context"
+	"os"
+	"runtime/metrics"
+	"testing"
+	"time"
+)
 
 func TestPercent(t *testing.T) {
 	const mib = 1 << 20
@@ -41,4 +47,55 @@ func TestBusy(t *testing.T) {
 			t.Errorf("Busy(%d MiB/s) = %v, want %v", tc.rate/mib, got, tc.want)
 		}
 	}
+}
+
+var sink [][]byte
+
+func gogc() uint64 {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// Run raises GOGC while the program allocates fast and puts it back to 100
+// once allocation stops, and when it ends.
+func TestRunFollowsTheLoad(t *testing.T) {
+	if os.Getenv("GOGC") != "" {
+		t.Skip("GOGC is set: pacing is off")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Run(ctx, 64<<20, 20*time.Millisecond)
+	}()
+	defer func() {
+		cancel()
+		<-done
+		if g := gogc(); g != 100 {
+			t.Errorf("GOGC %d after Run ended, want 100", g)
+		}
+	}()
+	waitGOGC := func(busy bool, what string) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if busy { // ~1 GiB/s: far above the floor's 6.4 MiB/s
+				for range 1000 {
+					sink = append(sink, make([]byte, 1024))
+				}
+				if len(sink) > 4096 {
+					sink = sink[:0]
+				}
+			}
+			if g := gogc(); (g > 100) == busy {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Fatalf("GOGC still %d: %s", gogc(), what)
+	}
+	waitGOGC(true, "not raised while allocating fast")
+	sink = nil
+	waitGOGC(false, "not back to 100 once allocation stopped")
 }
