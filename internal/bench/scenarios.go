@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,9 @@ type Result struct {
 	// ReceiveRate is end-to-end deliveries per second at the receiver.
 	ReceiveRate float64  `json:"receiveRate,omitempty"`
 	Latency     *Latency `json:"latency,omitempty"`
+	// P99PerSecond is the p99 latency (ms) of the messages sent in each
+	// second of a paced run.
+	P99PerSecond []float64 `json:"p99PerSecondMs,omitempty"`
 
 	ServerCPUSeconds float64 `json:"serverCpuSeconds,omitempty"`
 	// ServerCPUPerOp is server CPU microseconds per message/connect/request.
@@ -288,6 +292,13 @@ func runD2C(ctx context.Context, tg d2cTarget, p D2CParams) Result {
 	}
 	l := tr.latency()
 	res.Latency = &l
+	if p.Rate > 0 {
+		if ps := tr.perSecondP99(100); len(ps) > 0 {
+			res.P99PerSecond = ps
+			sorted := slices.Sorted(slices.Values(ps))
+			res.note("p99 of each second's messages: median %.1f ms, best %.1f, worst %.1f (%d seconds)", sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1], len(sorted))
+		}
+	}
 	res.ServerCPUSeconds = (after.CPU - before.CPU).Seconds()
 	if res.Received > 0 {
 		res.ServerCPUPerOp = res.ServerCPUSeconds * 1e6 / float64(res.Received)

@@ -44,6 +44,7 @@ type tracker struct {
 	mu      sync.Mutex
 	seen    []uint64 // bitset, devices*perDevice bits
 	lat     []int64
+	sent    []int64 // send time of each lat sample
 	last    time.Time
 	unique  atomic.Int64
 	dups    atomic.Int64
@@ -57,6 +58,7 @@ func newTracker(devices, perDevice int) *tracker {
 		devices: devices, perDevice: perDevice,
 		seen: make([]uint64, (n+63)/64),
 		lat:  make([]int64, 0, min(n, maxSamples)),
+		sent: make([]int64, 0, min(n, maxSamples)),
 	}
 }
 
@@ -79,6 +81,7 @@ func (t *tracker) record(s stamp, now time.Time) {
 	t.last = now
 	if len(t.lat) < cap(t.lat) {
 		t.lat = append(t.lat, now.UnixNano()-s.Sent)
+		t.sent = append(t.sent, s.Sent)
 	}
 }
 
@@ -94,6 +97,33 @@ func (t *tracker) latency() Latency {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return summarize(slices.Clone(t.lat))
+}
+
+// perSecondP99 is the p99 latency (ms) of the messages sent in each second of
+// the run, for seconds with at least minSamples: a run's p99 says how bad the
+// tail is, these say whether it is everywhere or a few bad moments.
+func (t *tracker) perSecondP99(minSamples int) []float64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.sent) == 0 {
+		return nil
+	}
+	first := slices.Min(t.sent)
+	var secs [][]int64
+	for i, at := range t.sent {
+		s := int((at - first) / int64(time.Second))
+		for len(secs) <= s {
+			secs = append(secs, nil)
+		}
+		secs[s] = append(secs[s], t.lat[i])
+	}
+	var out []float64
+	for _, ns := range secs {
+		if len(ns) >= minSamples {
+			out = append(out, summarize(ns).P99)
+		}
+	}
+	return out
 }
 
 // waitFor polls until want messages are accounted for (received or reported

@@ -54,3 +54,29 @@ func TestGroup(t *testing.T) {
 		}
 	}
 }
+
+func TestPerSecondP99(t *testing.T) {
+	tr := newTracker(1, 400)
+	base := time.Unix(1000, 0)
+	// Second 0: 200 messages at 2 ms, second 1: 199 at 3 ms and one at 50 ms
+	// (its p99), second 2: too few to count.
+	for i := range 400 {
+		sent := base.Add(time.Duration(i/200) * time.Second).Add(time.Duration(i%200) * time.Millisecond)
+		lat := 2 * time.Millisecond
+		if i >= 200 {
+			lat = 3 * time.Millisecond
+		}
+		if i == 399 {
+			lat = 50 * time.Millisecond
+		}
+		tr.record(stamp{0, i, sent.UnixNano()}, sent.Add(lat))
+	}
+	tr.record(stamp{0, 0, base.Add(2 * time.Second).UnixNano()}, base.Add(3*time.Second)) // a duplicate: not counted
+	got := tr.perSecondP99(100)
+	if len(got) != 2 || got[0] != 2 || got[1] != 3 {
+		t.Fatalf("perSecondP99 = %v, want [2 3]", got)
+	}
+	if got := tr.perSecondP99(201); len(got) != 0 {
+		t.Fatalf("with 201 samples required: %v", got)
+	}
+}

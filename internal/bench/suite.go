@@ -437,7 +437,7 @@ var standardCaveats = []string{
 	"QoS 1 rate = PUBACKs per second at the publishers (ingest); receive rate = first receipts per second at the receiver. The paced latency runs go at half of the lower of the two, the end-to-end peak.",
 	"TLS clients offer X25519 and P-256 key exchange, as the Azure IoT SDKs over OpenSSL 3 (Node 20, C) do; the moat-tls-hybrid-kex connect storm uses Go's default client instead, which offers the hybrid post-quantum X25519MLKEM768 (the hub accepts it when offered). The generator verifies the hub's certificate chain once and pins the certificate for every later connection, as a device with a pinned server certificate would: its own side of a handshake, on the same cores, is one ECDSA verification lighter; the hub's side is unchanged.",
 	"Before each scenario the harness waits (up to 15 s) until the hub and Mosquitto use under a tenth of a core, so that work one scenario leaves behind (an endpoint's backlog, log compaction) is not charged to the next.",
-	"Unpaced runs' latencies are queueing delay (the generator publishes as fast as it can); only the paced runs' latencies are meaningful.",
+	"Unpaced runs' latencies are queueing delay (the generator publishes as fast as it can); only the paced runs' latencies are meaningful. Paced runs also give the p99 of each second's messages (JSON p99PerSecondMs, median and extremes in the notes), which tells a tail everywhere from a few bad moments.",
 }
 
 func firstLine(s string) string {
