@@ -103,3 +103,21 @@ func storeWithDevice(t *testing.T) (*Store, registry.Key) {
 	}
 	return st, key
 }
+
+// The writer's page cache is the size Open asks for (SQLite would otherwise
+// keep its 2 MiB default without a word).
+func TestWriterPageCache(t *testing.T) {
+	ctx := context.Background()
+	st, err := Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var got int
+	if err := st.w.QueryRowContext(ctx, `PRAGMA cache_size`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != -writerCacheKiB {
+		t.Fatalf("writer cache_size %d, want %d (KiB)", got, -writerCacheKiB)
+	}
+}
