@@ -109,16 +109,23 @@ func (n *NATS) Send(ctx context.Context, batch []message.Message) error {
 			}
 			futures = append(futures, f)
 		}
+		// Every publish settles before Send returns, failed or not: the
+		// client retries a publish no stream took yet in the background, and
+		// one that succeeded after a failed Send returned would be stored
+		// beside the worker's retry of the same batch.
+		var first error
 		for _, f := range futures {
 			select {
 			case <-f.Ok():
 			case err := <-f.Err():
-				return fmt.Errorf("nats endpoint %s: not stored: %w", n.cfg.Name, err)
+				if first == nil {
+					first = fmt.Errorf("nats endpoint %s: not stored: %w", n.cfg.Name, err)
+				}
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
-		return nil
+		return first
 	}
 	for _, m := range batch {
 		if err := nc.PublishMsg(n.natsMsg(m)); err != nil {
