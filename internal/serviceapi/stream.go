@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"github.com/moat-iot/moat/internal/events"
 	"net/http"
+	"runtime"
 	"time"
 	"unicode/utf8"
 
@@ -92,7 +94,20 @@ func (s *Server) monitorEvents(w http.ResponseWriter, r *http.Request) error {
 		return nil // the response has begun; nothing more can be said
 	}
 	enc := json.NewEncoder(w)
-	for ev := range ch {
+	unflushed := false
+	for {
+		ev, ok := nextEvent(ch, unflushed)
+		if !ok && unflushed {
+			// Caught up: what was written goes out now.
+			if rc.Flush() != nil {
+				return nil
+			}
+			unflushed = false
+			ev, ok = <-ch
+		}
+		if !ok {
+			return nil
+		}
 		wrote := false
 		if ev.Dropped > 0 {
 			if enc.Encode(EventRecord{Dropped: ev.Dropped}) != nil {
@@ -106,9 +121,27 @@ func (s *Server) monitorEvents(w http.ResponseWriter, r *http.Request) error {
 			}
 			wrote = true
 		}
-		if wrote && rc.Flush() != nil {
-			return nil
-		}
+		unflushed = unflushed || wrote
 	}
-	return nil
+}
+
+// nextEvent receives the next event, without waiting when the stream has
+// unflushed output (then it gives the sender one chance to catch up first).
+// A flush per event was a TLS record and a write per message: half of the
+// hub's CPU on a busy stream. ok is false when nothing is ready (or ch is
+// closed; the caller's blocking receive then tells which).
+func nextEvent(ch <-chan events.Event, unflushed bool) (events.Event, bool) {
+	if !unflushed {
+		ev, ok := <-ch
+		return ev, ok
+	}
+	for range 2 {
+		select {
+		case ev, ok := <-ch:
+			return ev, ok
+		default:
+		}
+		runtime.Gosched()
+	}
+	return events.Event{}, false
 }
