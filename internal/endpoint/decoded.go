@@ -1,8 +1,6 @@
 package endpoint
 
 import (
-	"sync/atomic"
-
 	"github.com/moat-iot/moat/internal/message"
 	"github.com/moat-iot/moat/internal/msglog"
 )
@@ -16,12 +14,10 @@ import (
 // The messages it hands out are shared: nothing may change their maps or body
 // in place (selection copies before it enriches).
 type DecodedRecords struct {
-	slots []atomic.Pointer[decoded]
-	mask  uint64
+	ring *msglog.Ring[decoded]
 }
 
 type decoded struct {
-	off uint64
 	m   message.Message
 	err error
 }
@@ -36,7 +32,7 @@ const (
 // NewDecodedRecords returns an empty ring for one log. Offsets must never be
 // reused within it, which the log guarantees.
 func NewDecodedRecords() *DecodedRecords {
-	return &DecodedRecords{slots: make([]atomic.Pointer[decoded], decodedSlots), mask: decodedSlots - 1}
+	return &DecodedRecords{ring: msglog.NewRing[decoded](decodedSlots)}
 }
 
 // decode returns r's message, decoding it unless another worker already did.
@@ -45,11 +41,10 @@ func (c *DecodedRecords) decode(r msglog.Record) (message.Message, error) {
 	if c == nil || len(r.Data) > decodedMaxBytes {
 		return msglog.DecodeMessage(r.Data)
 	}
-	slot := &c.slots[r.Offset&c.mask]
-	if d := slot.Load(); d != nil && d.off == r.Offset {
+	if d, ok := c.ring.Get(r.Offset); ok {
 		return d.m, d.err
 	}
 	m, err := msglog.DecodeMessage(r.Data)
-	slot.Store(&decoded{off: r.Offset, m: m, err: err})
+	c.ring.Put(r.Offset, decoded{m: m, err: err})
 	return m, err
 }

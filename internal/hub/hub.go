@@ -171,13 +171,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	}
 	// Every accepted device-to-cloud message is appended here, durably,
 	// before the device gets its PUBACK. Run trims it behind the slowest
-	// endpoint once a minute, so it holds what some endpoint still owes.
+	// endpoint every 250 ms, so it holds what some endpoint still owes.
 	h.msglog, err = msglog.OpenPebble(filepath.Join(h.dataDir, "log"), msglog.PebbleOptions{Logger: log.With("component", "msglog")})
-	h.decoded = endpoint.NewDecodedRecords()
 	if err != nil {
 		h.close()
 		return nil, fmt.Errorf("message log: %w", err)
 	}
+	h.decoded, h.routed = endpoint.NewDecodedRecords(), newRoutedRecords()
 	h.events = events.New()
 	h.c2d = c2d.New(h.c2dStore, log.With("component", "c2d"), nil)
 

@@ -3,7 +3,7 @@ package hub
 import "testing"
 
 func TestRoutedRecordsMemo(t *testing.T) {
-	var c routedRecords
+	c := newRoutedRecords()
 	a, b := &routingState{}, &routingState{}
 	calls := 0
 	compute := func(eps ...string) func() routedEntry {
@@ -26,7 +26,7 @@ func TestRoutedRecordsMemo(t *testing.T) {
 	}
 	for _, s := range steps {
 		e := c.lookup(s.off, s.st, compute(s.eps...))
-		if calls != s.wantCalls || len(e.endpoints) != 1 || e.endpoints[0] != s.want || e.off != s.off || e.st != s.st {
+		if held, ok := c.ring.Get(s.off); calls != s.wantCalls || len(e.endpoints) != 1 || e.endpoints[0] != s.want || !ok || held != e || e.st != s.st {
 			t.Fatalf("%s: computed %d times, entry %+v; want %d, [%s]", s.name, calls, e, s.wantCalls, s.want)
 		}
 	}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/moat-iot/moat/internal/config"
@@ -59,11 +58,10 @@ type routingState struct {
 // instead of once per endpoint. An entry is used only under the routing it
 // was computed with, so a routing change takes effect at once.
 type routedRecords struct {
-	slots [routedSlots]atomic.Pointer[routedEntry]
+	ring *msglog.Ring[*routedEntry]
 }
 
 type routedEntry struct {
-	off       uint64
 	st        *routingState
 	in        routing.Input
 	endpoints []string
@@ -71,14 +69,17 @@ type routedEntry struct {
 
 const routedSlots = 4096
 
-func (c *routedRecords) lookup(off uint64, st *routingState, compute func() routedEntry) *routedEntry {
-	slot := &c.slots[off%routedSlots]
-	if e := slot.Load(); e != nil && e.off == off && e.st == st {
+func newRoutedRecords() routedRecords {
+	return routedRecords{msglog.NewRing[*routedEntry](routedSlots)}
+}
+
+func (c routedRecords) lookup(off uint64, st *routingState, compute func() routedEntry) *routedEntry {
+	if e, ok := c.ring.Get(off); ok && e.st == st {
 		return e
 	}
 	e := compute()
-	e.off, e.st = off, st
-	slot.Store(&e)
+	e.st = st
+	c.ring.Put(off, &e)
 	return &e
 }
 

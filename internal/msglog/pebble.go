@@ -178,6 +178,7 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleLog, error) {
 		notify:   make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 		stopped:  make(chan struct{}),
+		tail:     newTailRing(),
 	}
 	last, floor, err := recoverLast(db)
 	if err != nil {
@@ -644,20 +645,12 @@ func (l *PebbleLog) DiskUsage() uint64 {
 
 // pebbleLogger routes pebble's messages to slog. Pebble reports routine
 // events (WAL recycling, flushes) at Infof; they go to debug.
-// tailRing keeps the latest records of up to tailMaxBytes, by offset modulo
-// its size. Endpoint workers read right behind the committer: at a small
-// batch size each worker's pebble iterator and copy of every record were a
-// fifth of the hub's allocations. Only the committer writes it, before it
-// publishes the new last offset; readers check each slot's offset, so a slot
-// reused for a later record sends them to pebble.
-type tailRing struct {
-	slots [tailSlots]atomic.Pointer[tailEntry]
-}
-
-type tailEntry struct {
-	off  uint64
-	data []byte
-}
+// tailRing keeps the latest records of up to tailMaxBytes as appended.
+// Endpoint workers read right behind the committer: at a small batch size each
+// worker's pebble iterator and copy of every record were a fifth of the hub's
+// allocations. Only the committer puts, before it publishes the new last
+// offset; a record the ring no longer holds sends readers to pebble.
+type tailRing struct{ ring *Ring[[]byte] }
 
 // tailSlots and tailMaxBytes bound what the ring keeps alive (16 MiB at
 // worst; a few MiB for typical telemetry).
@@ -666,28 +659,29 @@ const (
 	tailMaxBytes = 4 << 10
 )
 
-func (t *tailRing) put(off uint64, data []byte) {
-	s := &t.slots[off%tailSlots]
+func newTailRing() tailRing { return tailRing{NewRing[[]byte](tailSlots)} }
+
+func (t tailRing) put(off uint64, data []byte) {
 	if len(data) > tailMaxBytes {
-		s.Store(nil)
+		t.ring.Drop(off)
 		return
 	}
-	s.Store(&tailEntry{off: off, data: data})
+	t.ring.Put(off, data)
 }
 
 // read returns the records from..last (at most max) that are still in the
 // ring, stopping at the first that is not; nil if from is not.
-func (t *tailRing) read(from, last uint64, max int) []Record {
+func (t tailRing) read(from, last uint64, max int) []Record {
 	var recs []Record
 	for off := from; off <= last && len(recs) < max; off++ {
-		e := t.slots[off%tailSlots].Load()
-		if e == nil || e.off != off {
+		data, ok := t.ring.Get(off)
+		if !ok {
 			break
 		}
 		if recs == nil {
 			recs = make([]Record, 0, min(uint64(max), last-from+1))
 		}
-		recs = append(recs, Record{Offset: off, Data: e.data})
+		recs = append(recs, Record{Offset: off, Data: data})
 	}
 	return recs
 }
