@@ -2,11 +2,12 @@ package cli
 
 import (
 	"context"
-	"github.com/moat-iot/moat/internal/gcpace"
-	"github.com/spf13/cobra"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/moat-iot/moat/internal/config"
+	"github.com/moat-iot/moat/internal/gcpace"
 	"github.com/moat-iot/moat/internal/hub"
 )
 

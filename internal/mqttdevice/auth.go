@@ -10,12 +10,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/mochi-mqtt/server/v2/packets"
 	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-iot/moat/internal/errcode"
 	"github.com/moat-iot/moat/internal/registry"

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"github.com/moat-iot/moat/internal/events"
 	"net/http"
 	"runtime"
 	"time"
 	"unicode/utf8"
 
 	"github.com/moat-iot/moat/internal/errcode"
+	"github.com/moat-iot/moat/internal/events"
 	"github.com/moat-iot/moat/internal/message"
 )
 
@@ -135,13 +135,16 @@ func nextEvent(ch <-chan events.Event, unflushed bool) (events.Event, bool) {
 		ev, ok := <-ch
 		return ev, ok
 	}
-	for range 2 {
-		select {
-		case ev, ok := <-ch:
-			return ev, ok
-		default:
-		}
-		runtime.Gosched()
+	select {
+	case ev, ok := <-ch:
+		return ev, ok
+	default:
 	}
-	return events.Event{}, false
+	runtime.Gosched()
+	select {
+	case ev, ok := <-ch:
+		return ev, ok
+	default:
+		return events.Event{}, false
+	}
 }
