@@ -175,6 +175,12 @@ type Conn struct {
 	nextID uint16
 	window chan struct{} // one token per QoS 1 publish in flight
 	acked  atomic.Int64
+	// sentAt holds the send times of the publishes in flight, oldest first
+	// (PUBACKs come in publish order), when TimeAcks asked for them; ackLat
+	// collects the delays to their PUBACKs and is the reader's alone until
+	// nothing is in flight.
+	sentAt chan int64
+	ackLat []int64
 
 	subacks chan struct{}
 	done    chan struct{}
@@ -272,6 +278,15 @@ func (c *Conn) readLoop(onPublish func(topic, payload []byte)) error {
 		switch typ {
 		case pktPuback:
 			c.acked.Add(1)
+			if c.sentAt != nil {
+				select {
+				case at := <-c.sentAt:
+					if len(c.ackLat) < cap(c.ackLat) {
+						c.ackLat = append(c.ackLat, time.Now().UnixNano()-at)
+					}
+				default:
+				}
+			}
 			if c.window != nil {
 				select {
 				case <-c.window:
@@ -367,6 +382,9 @@ func (c *Conn) Publish(ctx context.Context, topic string, payload []byte, qos by
 				return fmt.Errorf("publish: waiting for PUBACK: %w", ctx.Err())
 			}
 		}
+		if c.sentAt != nil {
+			c.sentAt <- time.Now().UnixNano()
+		}
 		c.nextID++
 		if c.nextID == 0 {
 			c.nextID = 1
@@ -404,6 +422,19 @@ func (c *Conn) Flush() error {
 	}
 	return nil
 }
+
+// TimeAcks makes the connection record, for up to max QoS 1 publishes, the
+// delay from Publish to its PUBACK. Call it before Start.
+func (c *Conn) TimeAcks(max int) {
+	if c.window != nil {
+		c.sentAt = make(chan int64, cap(c.window))
+		c.ackLat = make([]int64, 0, max)
+	}
+}
+
+// AckLatencies are the recorded delays (ns) to PUBACK; read them only once
+// nothing is in flight.
+func (c *Conn) AckLatencies() []int64 { return c.ackLat }
 
 // InFlight is the number of QoS 1 publishes awaiting PUBACK.
 func (c *Conn) InFlight() int {

@@ -76,6 +76,9 @@ type Result struct {
 	// P99PerSecond is the p99 latency (ms) of the messages sent in each
 	// second of a paced run.
 	P99PerSecond []float64 `json:"p99PerSecondMs,omitempty"`
+	// AckLatency is, for paced QoS 1 runs, the delay from publish to
+	// PUBACK: for Moat the durable write alone, without delivery.
+	AckLatency *Latency `json:"ackLatency,omitempty"`
 
 	ServerCPUSeconds float64 `json:"serverCpuSeconds,omitempty"`
 	// ServerCPUPerOp is server CPU microseconds per message/connect/request.
@@ -234,6 +237,9 @@ func runD2C(ctx context.Context, tg d2cTarget, p D2CParams) Result {
 			return fmt.Errorf("device %d: %w", i, err)
 		}
 		conns[i] = c
+		if p.Rate > 0 && p.QoS == 1 {
+			c.TimeAcks(p.Messages)
+		}
 		c.Start(nil)
 		return nil
 	}); err != nil {
@@ -297,6 +303,17 @@ func runD2C(ctx context.Context, tg d2cTarget, p D2CParams) Result {
 			res.P99PerSecond = ps
 			sorted := slices.Sorted(slices.Values(ps))
 			res.note("p99 of each second's messages: median %.1f ms, best %.1f, worst %.1f (%d seconds)", sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1], len(sorted))
+		}
+		var acks []int64
+		for _, c := range conns {
+			if c.InFlight() == 0 {
+				acks = append(acks, c.AckLatencies()...)
+			}
+		}
+		if len(acks) > 0 {
+			l := summarize(acks)
+			res.AckLatency = &l
+			res.note("publish to PUBACK: p50 %.2f ms, p99 %.2f ms", l.P50, l.P99)
 		}
 	}
 	res.ServerCPUSeconds = (after.CPU - before.CPU).Seconds()

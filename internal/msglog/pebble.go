@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -59,6 +60,18 @@ type PebbleOptions struct {
 	// MaxBatch bounds how many appends one group commit writes (default
 	// 4096), so one commit cannot grow without limit under a burst.
 	MaxBatch int
+	// CommitInterval is the least time between the starts of two group
+	// commits while appends come from several writers at once (default
+	// 1 ms; negative: none). Committing as soon as the previous fsync
+	// returns made, at 10,000 messages/s from 100 devices, some 5,000
+	// commits of two records each: an fsync, a WAL write and a wake-up of
+	// every consumer per commit took half of the hub's CPU. Waiting a
+	// little gathers the commit: hub CPU per message -15 % at 30,000/s and
+	// -50 % at 10,000/s, for at most a millisecond more until PUBACK. A
+	// lone writer that waits for each append (one commit per record) gains
+	// nothing from waiting, so a commit of a single record is never
+	// followed by a wait.
+	CommitInterval time.Duration
 	// Logger receives pebble's own messages (default: discarded below warn,
 	// through slog.Default()).
 	Logger *slog.Logger
@@ -74,6 +87,7 @@ type PebbleOptions struct {
 type PebbleLog struct {
 	db       *pebble.DB
 	maxBatch int
+	interval time.Duration
 
 	// last is the highest durable offset; notify is closed (and replaced)
 	// whenever last grows or the log closes, waking Wait.
@@ -143,6 +157,12 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleLog, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	switch {
+	case opts.CommitInterval == 0:
+		opts.CommitInterval = time.Millisecond
+	case opts.CommitInterval < 0:
+		opts.CommitInterval = 0
+	}
 	po := &pebble.Options{
 		FormatMajorVersion: pebble.FormatNewest,
 		MemTableSize:       opts.MemTableSize,
@@ -175,6 +195,7 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleLog, error) {
 	l := &PebbleLog{
 		db:       db,
 		maxBatch: opts.MaxBatch,
+		interval: opts.CommitInterval,
 		notify:   make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 		stopped:  make(chan struct{}),
@@ -302,6 +323,8 @@ func (l *PebbleLog) AppendAsync(data []byte, done func(offset uint64, err error)
 func (l *PebbleLog) commitLoop() {
 	defer close(l.stopped)
 	var spare []*appendReq
+	var lastStart time.Time
+	lastN := 0
 	for {
 		l.qmu.Lock()
 		for len(l.queue) == 0 {
@@ -313,6 +336,12 @@ func (l *PebbleLog) commitLoop() {
 			<-l.kick
 			l.qmu.Lock()
 		}
+		if wait := l.interval - time.Since(lastStart); lastN > 1 && wait > 0 {
+			l.qmu.Unlock()
+			time.Sleep(wait)
+			l.qmu.Lock()
+		}
+		lastStart = time.Now()
 		batch := l.queue
 		if len(batch) > l.maxBatch {
 			// The rest stays queued for the next round, in order.
@@ -322,6 +351,7 @@ func (l *PebbleLog) commitLoop() {
 			l.queue = spare[:0]
 		}
 		l.qmu.Unlock()
+		lastN = len(batch)
 		l.commit(batch)
 		clear(batch)
 		spare = batch[:0]

@@ -435,3 +435,55 @@ func BenchmarkAppendAsync(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+// Commits are paced only while appends come from several writers: then they
+// start at least CommitInterval apart; a lone writer waiting for each append
+// is never held back.
+func TestPebbleCommitInterval(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	l, err := msglog.OpenPebble(t.TempDir(), msglog.PebbleOptions{Logger: quiet(), CommitInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+
+	start := time.Now()
+	for i := range 100 {
+		if _, err := l.Append(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if took := time.Since(start); took > 100*interval/2 {
+		t.Fatalf("100 appends by one writer took %v: a lone writer was paced", took)
+	}
+
+	before := l.Stats()
+	start = time.Now()
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for i := range 20 {
+				if _, err := l.Append(ctx, []byte{byte(i)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	after := l.Stats()
+	commits := after.Commits - before.Commits
+	if after.Appends-before.Appends != 320 {
+		t.Fatalf("appended %d, want 320", after.Appends-before.Appends)
+	}
+	// Pacing allows one commit per interval (plus the first, and the
+	// single-record commits that end a burst).
+	if limit := uint64(took/interval) + 3; commits > limit {
+		t.Fatalf("%d commits in %v: more than one per %v", commits, took, interval)
+	}
+	if commits >= 320/2 {
+		t.Fatalf("%d commits for 320 concurrent appends: nothing was gathered", commits)
+	}
+}
