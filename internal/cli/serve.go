@@ -67,7 +67,7 @@ off unless --mqtt-plain-addr is given.`,
 			paced := make(chan struct{})
 			go func() {
 				defer close(paced)
-				gcpace.Run(ctx, gcpace.DefaultFloor, 500*time.Millisecond)
+				gcpace.Run(ctx, gcpace.DefaultHeadroom, 500*time.Millisecond)
 			}()
 			defer func() { cancel(); <-paced }()
 			return h.Run(ctx)
