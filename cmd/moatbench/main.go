@@ -27,6 +27,7 @@ func main() {
 	flag.StringVar(&cfg.HubIP, "hub-ip", "127.0.0.50", "loopback address for the hub")
 	flag.StringVar(&cfg.MosquittoIP, "mosquitto-ip", "127.0.0.51", "loopback address for Mosquitto")
 	flag.IntVar(&cfg.HTTPSPort, "https-port", 443, "the hub's REST port")
+	flag.Float64Var(&cfg.PacedRate, "paced-rate", 0, "pace the latency runs at this many msg/s instead of half of each target's peak (0: half of peak, as the bar is defined)")
 	only := flag.String("only", "", `run only the scenarios whose label matches this regular expression (labels: "d2c qos0|1 TARGET", "paced TARGET", "twin reads", "twin updates", "c2d", "storm TARGET", "idle"; targets moat-plain, moat-tls, moat-plain-routed-1, moat-plain-routed-3, mosquitto)`)
 	flag.Parse()
 	if *only != "" {

@@ -179,6 +179,7 @@ func TestConnPublishAndReceive(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan string, 10)
+	c.TimeAcks(10)
 	done := c.Start(func(topic, payload []byte) { got <- string(topic) + "=" + string(payload) })
 	if err := c.Subscribe(ctx, "t/#", 1); err != nil {
 		t.Fatal(err)
@@ -203,6 +204,9 @@ func TestConnPublishAndReceive(t *testing.T) {
 	}
 	if c.Acked() != 3 || c.InFlight() != 0 {
 		t.Fatalf("acked %d in flight %d, want 3 and 0", c.Acked(), c.InFlight())
+	}
+	if lat := c.AckLatencies(); len(lat) != 3 || lat[0] <= 0 || lat[2] <= 0 {
+		t.Fatalf("PUBACK delays %v, want three positive ones", lat)
 	}
 	if err := c.Disconnect(); err != nil {
 		t.Fatal(err)

@@ -94,11 +94,16 @@ func summaryRows(rep *Report) []Row {
 	compare("D2C QoS 1 durable, routed to 1 webhook endpoint, delivered", "msg/s", "≥ 25,000 and ≥ 1.0× Mosquitto", rep.find("d2c qos1", TargetMoatRouted1), mosq("d2c qos1"), recv, qos1Met)
 	compare("D2C QoS 1 durable, routed to 3 webhook endpoints, delivered at all 3", "msg/s", "", rep.find("d2c qos1", TargetMoatRouted3), mosq("d2c qos1"), recv, nil)
 	p99Met := func(m, _ *float64) string { return yesNo(*m <= barP99Ms) }
-	compare("p99 device→endpoint latency, QoS 1 at half of peak, routed to 1 webhook", "ms", "≤ 20 ms", rep.find("d2c qos1 paced", TargetMoatRouted1), mosq("d2c qos1 paced"), p99, p99Met)
-	compare("p99 device→endpoint latency, QoS 1 at half of peak, routed to 3 webhooks", "ms", "", rep.find("d2c qos1 paced", TargetMoatRouted3), nil, p99, nil)
+	paced := "half of peak"
+	if rep.PacedRate > 0 {
+		paced = fmt.Sprintf("%.0f msg/s", rep.PacedRate)
+		p99Met = nil // the bar is defined at half of peak
+	}
+	compare("p99 device→endpoint latency, QoS 1 at "+paced+", routed to 1 webhook", "ms", "≤ 20 ms", rep.find("d2c qos1 paced", TargetMoatRouted1), mosq("d2c qos1 paced"), p99, p99Met)
+	compare("p99 device→endpoint latency, QoS 1 at "+paced+", routed to 3 webhooks", "ms", "", rep.find("d2c qos1 paced", TargetMoatRouted3), nil, p99, nil)
 	compare("p99 device→endpoint latency, QoS 1 at Mosquitto's paced rate, routed to 1 webhook", "ms", "", rep.find(ScenarioPacedAtMosquitto, TargetMoatRouted1), mosq("d2c qos1 paced"), p99, nil)
-	compare("p99 end-to-end latency, QoS 1 at half of peak, plain, live events stream", "ms", "", rep.find("d2c qos1 paced", TargetMoatPlain), mosq("d2c qos1 paced"), p99, nil)
-	compare("p99 end-to-end latency, QoS 1 at half of peak, Moat TLS, live events stream", "ms", "", rep.find("d2c qos1 paced", TargetMoatTLS), nil, p99, nil)
+	compare("p99 end-to-end latency, QoS 1 at "+paced+", plain, live events stream", "ms", "", rep.find("d2c qos1 paced", TargetMoatPlain), mosq("d2c qos1 paced"), p99, nil)
+	compare("p99 end-to-end latency, QoS 1 at "+paced+", Moat TLS, live events stream", "ms", "", rep.find("d2c qos1 paced", TargetMoatTLS), nil, p99, nil)
 	connMet := func(m, _ *float64) string { return yesNo(*m >= barConnects) }
 	storm := rep.find("connect storm", TargetMoatTLS)
 	label := "TLS + SAS connects"
