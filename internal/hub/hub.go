@@ -217,7 +217,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	}
 
 	h.metrics = prometheus.NewRegistry()
-	h.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The scheduler-latency histogram (time goroutines wait runnable for a
+	// core) tells a hub short of CPU from one waiting on its disk or peers.
+	h.metrics.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := h.buildNetwork(); err != nil {
 		h.close()
 		return nil, fmt.Errorf("network policy: %w", err)
