@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,9 +178,9 @@ type Conn struct {
 	acked  atomic.Int64
 	// sentAt holds the send times of the publishes in flight, oldest first
 	// (PUBACKs come in publish order), when TimeAcks asked for them; ackLat
-	// collects the delays to their PUBACKs and is the reader's alone until
-	// nothing is in flight.
+	// collects the delays to their PUBACKs.
 	sentAt chan int64
+	ackMu  sync.Mutex
 	ackLat []int64
 
 	subacks chan struct{}
@@ -281,9 +282,11 @@ func (c *Conn) readLoop(onPublish func(topic, payload []byte)) error {
 			if c.sentAt != nil {
 				select {
 				case at := <-c.sentAt:
+					c.ackMu.Lock()
 					if len(c.ackLat) < cap(c.ackLat) {
 						c.ackLat = append(c.ackLat, time.Now().UnixNano()-at)
 					}
+					c.ackMu.Unlock()
 				default:
 				}
 			}
@@ -432,9 +435,12 @@ func (c *Conn) TimeAcks(max int) {
 	}
 }
 
-// AckLatencies are the recorded delays (ns) to PUBACK; read them only once
-// nothing is in flight.
-func (c *Conn) AckLatencies() []int64 { return c.ackLat }
+// AckLatencies returns a copy of the delays (ns) to PUBACK recorded so far.
+func (c *Conn) AckLatencies() []int64 {
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
+	return slices.Clone(c.ackLat)
+}
 
 // InFlight is the number of QoS 1 publishes awaiting PUBACK.
 func (c *Conn) InFlight() int {
