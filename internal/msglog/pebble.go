@@ -319,7 +319,8 @@ func (l *PebbleLog) AppendAsync(data []byte, done func(offset uint64, err error)
 }
 
 // commitLoop is the committer: it takes everything queued, writes it as one
-// synced batch, and answers the callers.
+// synced batch, and answers the callers; after a commit of several records it
+// lets CommitInterval pass before the next one starts.
 func (l *PebbleLog) commitLoop() {
 	defer close(l.stopped)
 	var spare []*appendReq
