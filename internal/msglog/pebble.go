@@ -674,8 +674,6 @@ func (l *PebbleLog) DiskUsage() uint64 {
 	return l.db.Metrics().DiskSpaceUsage()
 }
 
-// pebbleLogger routes pebble's messages to slog. Pebble reports routine
-// events (WAL recycling, flushes) at Infof; they go to debug.
 // tailRing keeps the latest records of up to tailMaxBytes as appended.
 // Endpoint workers read right behind the committer: at a small batch size each
 // worker's pebble iterator and copy of every record were a fifth of the hub's
@@ -717,6 +715,8 @@ func (t tailRing) read(from, last uint64, max int) []Record {
 	return recs
 }
 
+// pebbleLogger routes pebble's messages to slog. Pebble reports routine
+// events (WAL recycling, flushes) at Infof; they go to debug.
 type pebbleLogger struct{ l *slog.Logger }
 
 func (p pebbleLogger) Infof(format string, args ...any) {
