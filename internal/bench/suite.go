@@ -314,8 +314,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	// Half of Moat's peak is a higher rate than half of Mosquitto's: the
 	// routed latency is also taken at Mosquitto's paced rate, for a like
-	// for like comparison.
-	if m := rep.find("d2c qos1 paced", TargetMosquitto); m != nil && m.Rate > 0 {
+	// for like comparison. With a fixed --paced-rate every target already
+	// ran at one rate, and this run would repeat the routed one.
+	if m := rep.find("d2c qos1 paced", TargetMosquitto); m != nil && m.Rate > 0 && cfg.PacedRate == 0 {
 		for _, tg := range targets {
 			if tg.name != TargetMoatRouted1 || !selected("paced "+tg.name) {
 				continue
