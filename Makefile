@@ -32,8 +32,10 @@ $(STATICCHECK):
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(TOOLS)/staticcheck $@
 
+# the patched broker core is its own module (third_party/README.md)
 gotest: e2e-deps
 	$(GO) test $(GOTESTFLAGS) ./...
+	cd third_party/mochi-mqtt-server && $(GO) test $(GOTESTFLAGS) . ./packets
 
 # npm ci only when node_modules is missing or older than the lock file
 $(E2E)/node_modules/.package-lock.json: $(E2E)/package-lock.json

@@ -143,20 +143,21 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases         // a map of topic aliases
-	stopCause       atomic.Value         // reason for stopping
-	Inflight        *Inflight            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
-	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet // queue for pending outbound packets
-	endOnce         sync.Once            // only end once
-	isTakenOver     atomic.Bool          // used to identify orphaned clients
-	packetID        uint32               // the current highest packetID
-	open            context.Context      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc   // cancel function for open context
-	outboundQty     int32                // number of messages currently in the outbound queue
-	Keepalive       uint16               // the number of seconds the connection can wait
-	ServerKeepalive bool                 // keepalive was set by the server
+	TopicAliases    TopicAliases                         // a map of topic aliases
+	stopCause       atomic.Value                         // reason for stopping
+	Inflight        *Inflight                            // a map of in-flight qos messages
+	Subscriptions   *Subscriptions                       // a map of the subscription filters a client maintains
+	disconnected    int64                                // the time the client disconnected in unix time, for calculating expiry
+	outbound        atomic.Pointer[chan *packets.Packet] // queue for pending outbound packets, made on first use (moat patch; see outboundQueue)
+	endOnce         sync.Once                            // only end once
+	isTakenOver     atomic.Bool                          // used to identify orphaned clients
+	packetID        uint32                               // the current highest packetID
+	open            context.Context                      // indicate that the client is open for packet exchange
+	cancelOpen      context.CancelFunc                   // cancel function for open context
+	outboundQty     int32                                // number of messages currently in the outbound queue
+	writerActive    atomic.Bool                          // a goroutine is draining outbound (moat patch: no writer goroutine while idle)
+	Keepalive       uint16                               // the number of seconds the connection can wait
+	ServerKeepalive bool                                 // keepalive was set by the server
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -171,7 +172,6 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -194,13 +194,84 @@ func newClient(c net.Conn, o *ops) *Client {
 func (cl *Client) WriteLoop() {
 	for {
 		select {
-		case pk := <-cl.State.outbound:
+		case pk := <-cl.outboundQueue():
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
 		case <-cl.State.open.Done():
+			return
+		}
+	}
+}
+
+// outboundQueue returns the client's queue of pending outbound packets,
+// making it on first use. (moat patch) A queue of MaximumClientWritesPending
+// pointers is most of an idle connection's heap, and many connections (such
+// as devices that publish only) never have a packet queued.
+func (cl *Client) outboundQueue() chan *packets.Packet {
+	if q := cl.State.outbound.Load(); q != nil {
+		return *q
+	}
+	q := make(chan *packets.Packet, cl.ops.options.Capabilities.MaximumClientWritesPending)
+	if cl.State.outbound.CompareAndSwap(nil, &q) {
+		return q
+	}
+	return *cl.State.outbound.Load()
+}
+
+// pendingOutbound is the number of packets in the outbound queue. (moat patch)
+func (cl *Client) pendingOutbound() int {
+	if q := cl.State.outbound.Load(); q != nil {
+		return len(*q)
+	}
+	return 0
+}
+
+// wakeWriter makes sure a goroutine drains the outbound queue. (moat patch)
+// The server used to run WriteLoop for the whole life of every connection;
+// a parked goroutine costs an idle connection several KiB of stack, and most
+// connections have nothing queued most of the time. Call it after adding to
+// outbound and to outboundQty.
+func (cl *Client) wakeWriter() {
+	if cl.State.writerActive.CompareAndSwap(false, true) {
+		go cl.drainOutbound()
+	}
+}
+
+// testHookWriterIdle, if set by a test, runs when the writer finds the queue
+// empty, to widen the window in which a packet can arrive as it exits.
+var testHookWriterIdle atomic.Pointer[func()]
+
+// drainOutbound writes queued packets until the queue is empty, then exits.
+// (moat patch)
+func (cl *Client) drainOutbound() {
+	for {
+		for empty := false; !empty; {
+			select {
+			case pk := <-cl.outboundQueue():
+				if cl.Closed() {
+					// Leave writerActive set: a closed client needs no
+					// more writers, and its queue is dropped with it.
+					return
+				}
+				if err := cl.WritePacket(*pk); err != nil {
+					cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				}
+				atomic.AddInt32(&cl.State.outboundQty, -1)
+			default:
+				empty = true
+			}
+		}
+		if hook := testHookWriterIdle.Load(); hook != nil {
+			(*hook)()
+		}
+		cl.State.writerActive.Store(false)
+		// A packet queued after the last receive but before the Store saw an
+		// active writer and started none: outboundQty, raised before the
+		// wake-up, shows it.
+		if atomic.LoadInt32(&cl.State.outboundQty) == 0 || !cl.State.writerActive.CompareAndSwap(false, true) {
 			return
 		}
 	}
@@ -377,16 +448,26 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
+		err = cl.readAndHandle(fh, packetHandler)
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// readAndHandle reads the rest of a packet and processes it. (moat patch)
+// It is its own frame so that the large packet value lives only while a
+// packet is handled: a connection waits for its next packet in Read, and the
+// runtime shrinks a parked goroutine's stack only when under a quarter of it
+// is in use.
+//
+//go:noinline
+func (cl *Client) readAndHandle(fh *packets.FixedHeader, packetHandler ReadFn) error {
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -602,7 +683,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 {
+		if cl.pendingOutbound() == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)
 			}

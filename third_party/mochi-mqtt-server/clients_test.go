@@ -53,7 +53,8 @@ func newTestClient() (cl *Client, r net.Conn, w net.Conn) {
 	cl.Properties.Props.TopicAliasMaximum = 0
 	cl.Properties.Props.RequestResponseInfo = 0x1
 
-	go cl.WriteLoop()
+	// moat patch: no WriteLoop; queued packets wake a writer (wakeWriter),
+	// and a second consumer of outbound would reorder them.
 
 	return
 }
@@ -789,7 +790,7 @@ func TestClientWritePacketBuffer(t *testing.T) {
 	small := packets.TPacketData[packets.Publish].Get(packets.TPublishNoPayload).Packet
 	large := packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 
-	cl.State.outbound <- small
+	cl.outboundQueue() <- small
 
 	tt := []struct {
 		pks  []*packets.Packet
