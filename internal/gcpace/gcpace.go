@@ -14,8 +14,9 @@
 // to 100 and one collection returns what the busy period left, so that an
 // idle hub's memory is what it holds (memory per idle device would otherwise
 // carry the garbage of the connect storm). With a live heap larger than the
-// headroom (many connected devices) GOGC stays 100. Setting GOGC in the
-// environment turns pacing off.
+// headroom (many connected devices) GOGC stays 100, and the collection at the
+// end of a busy period still runs. Setting GOGC in the environment turns
+// pacing off.
 package gcpace
 
 import (
@@ -65,7 +66,7 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	set := 100
+	set, busy := 100, false
 	defer func() { debug.SetGCPercent(100) }()
 	for {
 		select {
@@ -79,18 +80,23 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 		}
 		rate := uint64(float64(allocs-prevAllocs) / interval.Seconds())
 		prevAllocs = allocs
+		wasBusy := busy
+		busy = Busy(rate, headroom)
 		p := 100
-		if Busy(rate, headroom) {
+		if busy {
 			p = Percent(live, headroom)
 		}
-		switch {
-		case p == 100 && set != 100:
-			debug.SetGCPercent(100)
-			debug.FreeOSMemory() // the busy period's garbage, back now
-			set = 100
-		case p > set*11/10 || p < set*9/10: // small moves are not worth it
+		if p != set && (p == 100 || p > set*11/10 || p < set*9/10) { // small moves are not worth it
 			debug.SetGCPercent(p)
 			set = p
+		}
+		if wasBusy && !busy {
+			// The busy period's garbage, back now, whether or not GOGC was
+			// raised (it is not when the live heap exceeds the headroom,
+			// as with many connected devices). The collection also halves
+			// the stacks that connection setup grew and idle connections
+			// no longer use.
+			debug.FreeOSMemory()
 		}
 	}
 }

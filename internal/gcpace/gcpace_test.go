@@ -3,6 +3,7 @@ package gcpace
 import (
 	"context"
 	"os"
+	"runtime"
 	"runtime/metrics"
 	"testing"
 	"time"
@@ -100,4 +101,54 @@ func TestRunFollowsTheLoad(t *testing.T) {
 	waitGOGC(true, "not raised while allocating fast")
 	sink = nil
 	waitGOGC(false, "not back to 100 once allocation stopped")
+}
+
+func forcedGCs() uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/forced:gc-cycles"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// A busy period ends with a collection even when GOGC was never raised
+// because the live heap is larger than the headroom.
+func TestRunCollectsWhenLoadEnds(t *testing.T) {
+	if os.Getenv("GOGC") != "" {
+		t.Skip("GOGC is set: pacing is off")
+	}
+	const headroom = 1 << 20
+	live := make([][]byte, 0, 4096)
+	for range 4096 {
+		live = append(live, make([]byte, 1024)) // 4 MiB live: above the headroom
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Run(ctx, headroom, 20*time.Millisecond)
+	}()
+	defer func() { cancel(); <-done }()
+
+	// ~1 GiB/s for 200 ms: busy at any interval, while GOGC stays 100.
+	var junk [][]byte
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+		for range 1000 {
+			junk = append(junk, make([]byte, 1024))
+		}
+		if len(junk) > 4096 {
+			junk = junk[:0]
+		}
+		if g := gogc(); g != 100 {
+			t.Fatalf("GOGC %d with more live than headroom, want 100", g)
+		}
+	}
+	junk = nil
+	before := forcedGCs()
+	deadline := time.Now().Add(3 * time.Second)
+	for forcedGCs() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no collection after the busy period ended")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	runtime.KeepAlive(live)
 }
