@@ -628,22 +628,38 @@ func runIdle(ctx context.Context, h *moatHub, d deviceDialer, target string, ste
 	return out
 }
 
-// settledRSS waits for the hub's resident memory to stop growing (up to 5 s)
-// and returns it.
+// settledRSS waits for the hub's resident memory to settle and returns it:
+// unchanged within 1 % over two seconds, or after 20 s. Two seconds because
+// the hub collects the garbage of a busy period (such as a connect storm)
+// only after it has seen a quiet interval of up to a second (gcpace); an
+// earlier reading would count that garbage as memory per device.
 func settledRSS(pid int) int64 {
-	prev := int64(-1)
-	for range 10 {
+	const step, window, limit = 500 * time.Millisecond, 4, 40
+	var samples []int64
+	for range limit {
 		u, err := readUsage(pid)
 		if err != nil {
 			return 0
 		}
-		if u.RSS == prev {
-			return u.RSS
+		samples = append(samples, u.RSS)
+		if len(samples) > window {
+			last := samples[len(samples)-window-1:]
+			if steady(last, 0.01) {
+				return u.RSS
+			}
 		}
-		prev = u.RSS
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(step)
 	}
-	return prev
+	return samples[len(samples)-1]
+}
+
+// steady reports whether all of xs lie within frac of their maximum.
+func steady(xs []int64, frac float64) bool {
+	lo, hi := xs[0], xs[0]
+	for _, x := range xs {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return float64(hi-lo) <= frac*float64(hi)
 }
 
 // runTwins reads (update false) or patches twins of the first devices devices

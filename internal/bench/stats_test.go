@@ -80,3 +80,20 @@ func TestPerSecondP99(t *testing.T) {
 		t.Fatalf("with 201 samples required: %v", got)
 	}
 }
+
+func TestSteady(t *testing.T) {
+	for _, tc := range []struct {
+		xs   []int64
+		want bool
+	}{
+		{[]int64{100, 100, 100}, true},
+		{[]int64{1000, 995, 1000, 991}, true},
+		{[]int64{1000, 989}, false},
+		{[]int64{300, 420, 420, 420}, false}, // the collection after a connect storm has not come yet
+		{[]int64{5}, true},
+	} {
+		if got := steady(tc.xs, 0.01); got != tc.want {
+			t.Errorf("steady(%v) = %v, want %v", tc.xs, got, tc.want)
+		}
+	}
+}
