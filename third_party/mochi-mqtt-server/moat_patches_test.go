@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,4 +141,36 @@ func TestWriterStopsOnClosedClient(t *testing.T) {
 	})
 	require.ErrorIs(t, err, packets.CodeDisconnect)
 	require.False(t, cl.State.writerActive.Load())
+}
+
+// The once-a-second housekeeping allocates nothing when no client has expired
+// or holds inflight messages, however many are connected.
+func TestHousekeepingWithoutGarbage(t *testing.T) {
+	s := newServer()
+	for i := 0; i < 1000; i++ {
+		cl, _, _ := newTestClient()
+		cl.ID = fmt.Sprintf("c%d", i)
+		s.Clients.Add(cl)
+	}
+	now := time.Now().Unix()
+	allocs := testing.AllocsPerRun(10, func() {
+		s.clearExpiredClients(now)
+		s.clearExpiredInflights(now)
+	})
+	require.Zero(t, allocs)
+
+	// They still find what they are for.
+	cl, _ := s.Clients.Get("c7")
+	cl.State.Inflight.Set(packets.Packet{PacketID: 1, Created: now - 100})
+	cl.Stop(nil)
+	atomic.StoreInt64(&cl.State.disconnected, now-100)
+	require.Len(t, s.Clients.matching(isStopped), 1)
+	require.Len(t, s.Clients.matching(hasInflight), 1)
+	s.Options.Capabilities.MaximumSessionExpiryInterval = 10
+	s.Options.Capabilities.MaximumMessageExpiryInterval = 10
+	s.clearExpiredInflights(now)
+	require.Equal(t, 0, cl.State.Inflight.Len())
+	s.clearExpiredClients(now)
+	_, ok := s.Clients.Get("c7")
+	require.False(t, ok)
 }

@@ -1724,7 +1724,7 @@ func (s *Server) loadRetained(v []storage.Message) {
 // clearExpiredClients deletes all clients which have been disconnected for longer
 // than their given expiry intervals.
 func (s *Server) clearExpiredClients(dt int64) {
-	for id, client := range s.Clients.GetAll() {
+	for id, client := range s.Clients.matching(isStopped) { // moat patch: was GetAll
 		disconnected := client.StopTime()
 		if disconnected == 0 {
 			continue
@@ -1741,6 +1741,11 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 	}
 }
+
+// isStopped and hasInflight select the clients that clearExpiredClients and
+// clearExpiredInflights look at. (moat patch)
+func isStopped(cl *Client) bool   { return cl.StopTime() != 0 }
+func hasInflight(cl *Client) bool { return cl.State.Inflight.Len() > 0 }
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.
 func (s *Server) clearExpiredRetainedMessages(now int64) {
@@ -1761,7 +1766,7 @@ func (s *Server) clearExpiredRetainedMessages(now int64) {
 
 // clearExpiredInflights deletes any inflight messages which have expired.
 func (s *Server) clearExpiredInflights(now int64) {
-	for _, client := range s.Clients.GetAll() {
+	for _, client := range s.Clients.matching(hasInflight) { // moat patch: was GetAll
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})

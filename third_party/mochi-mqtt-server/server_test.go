@@ -10,7 +10,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -266,12 +268,15 @@ func TestServerAddListenersFromConfig(t *testing.T) {
 	require.NotNil(t, s)
 	s.Log = logger
 
+	// moat patch: loopback and a temporary socket path; moat's tests bind
+	// no other address.
+	sock := filepath.Join(t.TempDir(), "mochi.sock")
 	lc := []listeners.Config{
-		{Type: listeners.TypeTCP, ID: "tcp", Address: ":1883"},
-		{Type: listeners.TypeWS, ID: "ws", Address: ":1882"},
-		{Type: listeners.TypeHealthCheck, ID: "health", Address: ":1881"},
-		{Type: listeners.TypeSysInfo, ID: "info", Address: ":1880"},
-		{Type: listeners.TypeUnix, ID: "unix", Address: "mochi.sock"},
+		{Type: listeners.TypeTCP, ID: "tcp", Address: "127.0.0.1:0"},
+		{Type: listeners.TypeWS, ID: "ws", Address: "127.0.0.1:1882"},
+		{Type: listeners.TypeHealthCheck, ID: "health", Address: "127.0.0.1:1881"},
+		{Type: listeners.TypeSysInfo, ID: "info", Address: "127.0.0.1:1880"},
+		{Type: listeners.TypeUnix, ID: "unix", Address: sock},
 		{Type: listeners.TypeMock, ID: "mock", Address: "0"},
 		{Type: "unknown", ID: "unknown"},
 	}
@@ -281,19 +286,19 @@ func TestServerAddListenersFromConfig(t *testing.T) {
 	require.Equal(t, 6, s.Listeners.Len())
 
 	tcp, _ := s.Listeners.Get("tcp")
-	require.Equal(t, "[::]:1883", tcp.Address())
+	require.True(t, strings.HasPrefix(tcp.Address(), "127.0.0.1:"), tcp.Address())
 
 	ws, _ := s.Listeners.Get("ws")
-	require.Equal(t, ":1882", ws.Address())
+	require.Equal(t, "127.0.0.1:1882", ws.Address())
 
 	health, _ := s.Listeners.Get("health")
-	require.Equal(t, ":1881", health.Address())
+	require.Equal(t, "127.0.0.1:1881", health.Address())
 
 	info, _ := s.Listeners.Get("info")
-	require.Equal(t, ":1880", info.Address())
+	require.Equal(t, "127.0.0.1:1880", info.Address())
 
 	unix, _ := s.Listeners.Get("unix")
-	require.Equal(t, "mochi.sock", unix.Address())
+	require.Equal(t, sock, unix.Address())
 
 	mock, _ := s.Listeners.Get("mock")
 	require.Equal(t, "0", mock.Address())
