@@ -103,8 +103,9 @@ func New(cfg Config) (*Broker, error) {
 		Capabilities: caps,
 		// The frame guard under mochi already buffers socket reads (and
 		// hands out whole packets), so mochi's own buffer only needs to
-		// hold fixed headers and small packets; larger reads pass through.
-		ClientNetReadBufferSize: 512,
+		// hold fixed headers and small packets (PUBACK, PINGREQ); larger
+		// reads pass through. Every idle connection keeps this buffer.
+		ClientNetReadBufferSize: 64,
 		InlineClient:            true,
 		// mochi logs whole packets (payloads included) at Warn; our hook logs
 		// what an operator needs, so only mochi's errors get through.
