@@ -619,6 +619,9 @@ func runIdle(ctx context.Context, h *moatHub, d deviceDialer, target string, ste
 				res.note("hub reports %d connected devices", int(v))
 			}
 		}
+		if !waitQuiet(ctx, h.metrics) {
+			res.note("the hub was still allocating over %d MiB/s when its memory was read", quietAllocRate>>20)
+		}
 		rss := settledRSS(h.pid())
 		res.ServerRSSBytes = rss
 		res.RSSPerDevice = (rss - base) / int64(len(conns))
@@ -626,6 +629,38 @@ func runIdle(ctx context.Context, h *moatHub, d deviceDialer, target string, ste
 		out = append(out, res)
 	}
 	return out
+}
+
+// quietAllocRate is the allocation rate under which the hub counts as idle:
+// under its GC pacer's threshold for a busy hub (gcpace.Busy: 12.8 MiB/s with
+// the default headroom), at which it collects what the busy period left.
+const quietAllocRate = 8 << 20
+
+// waitQuiet waits (up to 30 s) until the hub allocates under quietAllocRate,
+// read from its metrics a second apart: after a connect storm the hub still
+// records connection states and routes the connection events for a while.
+func waitQuiet(ctx context.Context, metricsAddr string) bool {
+	const name = "go_memstats_alloc_bytes_total"
+	prev, err := scrapeMetric(ctx, metricsAddr, name)
+	if err != nil {
+		return false
+	}
+	for range 30 {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+		v, err := scrapeMetric(ctx, metricsAddr, name)
+		if err != nil {
+			return false
+		}
+		if v-prev < quietAllocRate {
+			return true
+		}
+		prev = v
+	}
+	return false
 }
 
 // settledRSS waits for the hub's resident memory to settle and returns it:
