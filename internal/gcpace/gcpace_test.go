@@ -54,15 +54,19 @@ func TestBusy(t *testing.T) {
 
 var sink [][]byte
 
-func gogc() uint64 {
-	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+func metric(name string) uint64 {
+	s := []metrics.Sample{{Name: name}}
 	metrics.Read(s)
 	return s[0].Value.Uint64()
 }
 
-// Run raises GOGC while the program allocates fast and puts it back to 100
-// once allocation stops, and when it ends.
-func TestRunFollowsTheLoad(t *testing.T) {
+func gogc() uint64      { return metric("/gc/gogc:percent") }
+func forcedGCs() uint64 { return metric("/gc/cycles/forced:gc-cycles") }
+
+// startRun runs Run in the background until the returned stop is called;
+// it skips the test when GOGC is set, which turns pacing off.
+func startRun(t *testing.T, headroom uint64) (stop func()) {
+	t.Helper()
 	if os.Getenv("GOGC") != "" {
 		t.Skip("GOGC is set: pacing is off")
 	}
@@ -70,11 +74,17 @@ func TestRunFollowsTheLoad(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Run(ctx, 64<<20, 20*time.Millisecond)
+		Run(ctx, headroom, 20*time.Millisecond)
 	}()
+	return func() { cancel(); <-done }
+}
+
+// Run raises GOGC while the program allocates fast and puts it back to 100
+// once allocation stops, and when it ends.
+func TestRunFollowsTheLoad(t *testing.T) {
+	stop := startRun(t, 64<<20)
 	defer func() {
-		cancel()
-		<-done
+		stop()
 		if g := gogc(); g != 100 {
 			t.Errorf("GOGC %d after Run ended, want 100", g)
 		}
@@ -103,30 +113,14 @@ func TestRunFollowsTheLoad(t *testing.T) {
 	waitGOGC(false, "not back to 100 once allocation stopped")
 }
 
-func forcedGCs() uint64 {
-	s := []metrics.Sample{{Name: "/gc/cycles/forced:gc-cycles"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
-}
-
 // A busy period ends with a collection even when GOGC was never raised
 // because the live heap is larger than the headroom.
 func TestRunCollectsWhenLoadEnds(t *testing.T) {
-	if os.Getenv("GOGC") != "" {
-		t.Skip("GOGC is set: pacing is off")
-	}
-	const headroom = 1 << 20
 	live := make([][]byte, 0, 4096)
 	for range 4096 {
-		live = append(live, make([]byte, 1024)) // 4 MiB live: above the headroom
+		live = append(live, make([]byte, 1024)) // 4 MiB live: above the 1 MiB headroom
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		Run(ctx, headroom, 20*time.Millisecond)
-	}()
-	defer func() { cancel(); <-done }()
+	defer startRun(t, 1<<20)()
 
 	// ~1 GiB/s for 200 ms: busy at any interval, while GOGC stays 100.
 	var junk [][]byte
