@@ -32,11 +32,11 @@ $(STATICCHECK):
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(TOOLS)/staticcheck $@
 
-# the patched broker core is its own module (third_party/README.md)
+# the patched broker core is its own module (third_party/README.md); stacks
+# are larger under -race, so the idle-connection test also runs once without it
 gotest: e2e-deps
 	$(GO) test $(GOTESTFLAGS) ./...
 	cd third_party/mochi-mqtt-server && $(GO) test $(GOTESTFLAGS) . ./packets
-	# stack sizes are larger under -race: the idle-connection bar once without it
 	$(GO) test -count=1 -run '^TestIdleConnectionFootprint$$' ./internal/hub
 
 # npm ci only when node_modules is missing or older than the lock file
