@@ -67,6 +67,11 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	set, busy := 100, false
+	// A load that hovers around the busy threshold must not buy a full
+	// collection every few intervals: with a large live heap each costs
+	// hundreds of milliseconds of CPU.
+	minSpacing := 20 * interval
+	var lastFree time.Time
 	defer func() { debug.SetGCPercent(100) }()
 	for {
 		select {
@@ -90,13 +95,14 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 			debug.SetGCPercent(p)
 			set = p
 		}
-		if wasBusy && !busy {
+		if wasBusy && !busy && time.Since(lastFree) >= minSpacing {
 			// The busy period's garbage, back now, whether or not GOGC was
 			// raised (it is not when the live heap exceeds the headroom,
 			// as with many connected devices). The collection also halves
 			// the stacks that connection setup grew and idle connections
 			// no longer use.
 			debug.FreeOSMemory()
+			lastFree = time.Now()
 		}
 	}
 }

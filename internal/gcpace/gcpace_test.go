@@ -144,5 +144,28 @@ func TestRunCollectsWhenLoadEnds(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+
+	// Another short busy period right after: no second collection within
+	// 20 intervals (400 ms here) of the first.
+	first := time.Now()
+	after := forcedGCs()
+	busyFor(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	if n := forcedGCs() - after; n != 0 && time.Since(first) < 400*time.Millisecond {
+		t.Errorf("%d more collections %v after the first", n, time.Since(first))
+	}
 	runtime.KeepAlive(live)
+}
+
+// busyFor allocates ~1 GiB/s for d.
+func busyFor(d time.Duration) {
+	var junk [][]byte
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		for range 1000 {
+			junk = append(junk, make([]byte, 1024))
+		}
+		if len(junk) > 4096 {
+			junk = junk[:0]
+		}
+	}
 }
