@@ -153,11 +153,20 @@ func TestHousekeepingWithoutGarbage(t *testing.T) {
 		s.Clients.Add(cl)
 	}
 	now := time.Now().Unix()
-	allocs := testing.AllocsPerRun(10, func() {
-		s.clearExpiredClients(now)
-		s.clearExpiredInflights(now)
-	})
-	require.Zero(t, allocs)
+	// AllocsPerRun counts the whole process's allocations, and goroutines
+	// left by other tests add to it now and then: the least of several runs
+	// is this code's own (GetAll made at least 20 per call here).
+	least := -1.0
+	for i := 0; i < 5; i++ {
+		allocs := testing.AllocsPerRun(10, func() {
+			s.clearExpiredClients(now)
+			s.clearExpiredInflights(now)
+		})
+		if least < 0 || allocs < least {
+			least = allocs
+		}
+	}
+	require.Zero(t, least)
 
 	// They still find what they are for.
 	cl, _ := s.Clients.Get("c7")
