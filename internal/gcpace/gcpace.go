@@ -67,11 +67,8 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	set, busy := 100, false
-	// A load that hovers around the busy threshold must not buy a full
-	// collection every few intervals: with a large live heap each costs
-	// hundreds of milliseconds of CPU.
-	minSpacing := 20 * interval
-	var lastFree time.Time
+	// freedAt is the allocation count at the last collection Run forced.
+	freedAt := prevAllocs
 	defer func() { debug.SetGCPercent(100) }()
 	for {
 		select {
@@ -95,14 +92,18 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 			debug.SetGCPercent(p)
 			set = p
 		}
-		if wasBusy && !busy && time.Since(lastFree) >= minSpacing {
+		if wasBusy && !busy && allocs-freedAt >= live {
 			// The busy period's garbage, back now, whether or not GOGC was
 			// raised (it is not when the live heap exceeds the headroom,
 			// as with many connected devices). The collection also halves
 			// the stacks that connection setup grew and idle connections
-			// no longer use.
+			// no longer use. Only once a live heap's worth has been
+			// allocated since the last one: a load hovering around the
+			// busy threshold then costs at most one extra collection per
+			// collection the runtime would make anyway, however short its
+			// busy stretches.
 			debug.FreeOSMemory()
-			lastFree = time.Now()
+			freedAt = allocs
 		}
 	}
 }
