@@ -150,10 +150,10 @@ func TestRunCollectsWhenLoadEnds(t *testing.T) {
 	// is not worth a collection of its own.
 	after := forcedGCs()
 	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
-		junk = append(junk, make([]byte, 10<<10))
+		sink = append(sink, make([]byte, 10<<10))
 		time.Sleep(time.Millisecond)
 	}
-	junk = nil
+	sink = nil
 	time.Sleep(200 * time.Millisecond)
 	if n := forcedGCs() - after; n != 0 {
 		t.Errorf("%d collections after a busy stretch that allocated less than the live heap", n)
