@@ -54,6 +54,17 @@ func TestBusy(t *testing.T) {
 
 var sink [][]byte
 
+// allocBurst allocates 1 MiB in 1 KiB pieces, keeping at most 4 MiB of them
+// reachable: called in a loop, about 1 GiB/s of mostly short-lived garbage.
+func allocBurst() {
+	for range 1000 {
+		sink = append(sink, make([]byte, 1024))
+	}
+	if len(sink) > 4096 {
+		sink = sink[:0]
+	}
+}
+
 func metric(name string) uint64 {
 	s := []metrics.Sample{{Name: name}}
 	metrics.Read(s)
@@ -94,12 +105,7 @@ func TestRunFollowsTheLoad(t *testing.T) {
 		deadline := time.Now().Add(3 * time.Second)
 		for time.Now().Before(deadline) {
 			if busy { // ~1 GiB/s: far above the 6.4 MiB/s that 64 MiB of headroom needs
-				for range 1000 {
-					sink = append(sink, make([]byte, 1024))
-				}
-				if len(sink) > 4096 {
-					sink = sink[:0]
-				}
+				allocBurst()
 			}
 			if g := gogc(); (g > 100) == busy {
 				return
@@ -123,19 +129,13 @@ func TestRunCollectsWhenLoadEnds(t *testing.T) {
 	defer startRun(t, 1<<20)()
 
 	// ~1 GiB/s for 200 ms: busy at any interval, while GOGC stays 100.
-	var junk [][]byte
 	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
-		for range 1000 {
-			junk = append(junk, make([]byte, 1024))
-		}
-		if len(junk) > 4096 {
-			junk = junk[:0]
-		}
+		allocBurst()
 		if g := gogc(); g != 100 {
 			t.Fatalf("GOGC %d with more live than headroom, want 100", g)
 		}
 	}
-	junk = nil
+	sink = nil
 	before := forcedGCs()
 	deadline := time.Now().Add(3 * time.Second)
 	for forcedGCs() == before {
