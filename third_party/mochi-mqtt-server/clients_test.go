@@ -59,6 +59,19 @@ func newTestClient() (cl *Client, r net.Conn, w net.Conn) {
 	return
 }
 
+// closeWhenWritten closes w once the writer has written everything queued for
+// cl, or after 5 s. (moat patch) Upstream's tests slept 100 µs–1 ms and then
+// closed the pipe, counting on a writer goroutine already running; the lazily
+// started writer can take longer than that to be scheduled under -race on a
+// busy machine, and the reader then saw nothing.
+func closeWhenWritten(cl *Client, w net.Conn) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && (atomic.LoadInt32(&cl.State.outboundQty) > 0 || cl.State.writerActive.Load()) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	_ = w.Close()
+}
+
 func TestNewInflights(t *testing.T) {
 	require.NotNil(t, NewInflights().internal)
 }
@@ -405,8 +418,7 @@ func TestClientResendInflightMessages(t *testing.T) {
 	go func() {
 		err := cl.ResendInflightMessages(true)
 		require.NoError(t, err)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)

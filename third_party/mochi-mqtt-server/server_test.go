@@ -1341,8 +1341,7 @@ func TestInjectPacketPublishAndReceive(t *testing.T) {
 		err := s.InjectPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
 		require.NoError(t, err)
 		_ = w1.Close()
-		time.Sleep(time.Millisecond * 10)
-		_ = w2.Close()
+		closeWhenWritten(receiver, w2)
 	}()
 
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
@@ -1378,8 +1377,7 @@ func TestServerPublishAndReceive(t *testing.T) {
 		err := s.Publish(pkx.TopicName, pkx.Payload, pkx.FixedHeader.Retain, pkx.FixedHeader.Qos)
 		require.NoError(t, err)
 		_ = w1.Close()
-		time.Sleep(time.Millisecond * 10)
-		_ = w2.Close()
+		closeWhenWritten(receiver, w2)
 	}()
 
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
@@ -1442,9 +1440,8 @@ func TestServerProcessPacketPublishAndReceive(t *testing.T) {
 	go func() {
 		err := s.processPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 		require.NoError(t, err)
-		time.Sleep(time.Millisecond * 10)
 		_ = w1.Close()
-		_ = w2.Close()
+		closeWhenWritten(receiver, w2)
 	}()
 
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
@@ -1873,8 +1870,7 @@ func TestPublishToSubscribersSelfNoLocal(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Origin = cl.ID
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	receiverBuf := make(chan []byte)
@@ -1925,10 +1921,9 @@ func TestPublishToSubscribers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
-		_ = w1.Close()
-		_ = w2.Close()
-		_ = w3.Close()
+		closeWhenWritten(cl, w1)
+		closeWhenWritten(cl2, w2)
+		closeWhenWritten(cl3, w3)
 	}()
 
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-cl1Recv)
@@ -1968,8 +1963,7 @@ func TestPublishToSubscribersMessageExpiryDelta(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Created = time.Now().Unix() - 30
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
-		_ = w1.Close()
+		closeWhenWritten(cl, w1)
 	}()
 
 	b := <-cl1Recv
@@ -1992,8 +1986,7 @@ func TestPublishToSubscribersIdentifiers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	receiverBuf := make(chan []byte)
@@ -2017,8 +2010,7 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pk.Ignore = true
 		s.publishToSubscribers(pk)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	receiverBuf := make(chan []byte)
@@ -2046,8 +2038,7 @@ func TestPublishToClientServerDowngradeQos(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 2}, pkx)
-		time.Sleep(time.Microsecond * 100)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	receiverBuf := make(chan []byte)
@@ -2075,8 +2066,7 @@ func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, pkx)
-		time.Sleep(time.Microsecond * 100)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	receiverBuf := make(chan []byte)
@@ -2142,8 +2132,7 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).Packet
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	receiverBuf := make(chan []byte)
@@ -2253,9 +2242,8 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 		pkx.TopicName = ""
 		pkx.Properties.TopicAlias = 1
 		_ = s.processPacket(cl2, pkx)
-		time.Sleep(time.Millisecond)
 		_ = w2.Close()
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)
@@ -2278,8 +2266,7 @@ func TestPublishToSubscribersExhaustedSendQuota(t *testing.T) {
 	pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 	pkx.PacketID = 0
 	s.publishToSubscribers(pkx)
-	time.Sleep(time.Millisecond)
-	_ = w.Close()
+	closeWhenWritten(cl, w)
 }
 
 func TestPublishToSubscribersExhaustedPacketIDs(t *testing.T) {
@@ -2299,8 +2286,7 @@ func TestPublishToSubscribersExhaustedPacketIDs(t *testing.T) {
 	pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 	pkx.PacketID = 0
 	s.publishToSubscribers(pkx)
-	time.Sleep(time.Millisecond)
-	_ = w.Close()
+	closeWhenWritten(cl, w)
 }
 
 func TestPublishToSubscribersNoConnection(t *testing.T) {
@@ -2314,8 +2300,7 @@ func TestPublishToSubscribersNoConnection(t *testing.T) {
 	// can we hook into log/slog ?
 	_ = r.Close()
 	s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-	time.Sleep(time.Millisecond)
-	_ = w.Close()
+	closeWhenWritten(cl, w)
 }
 
 func TestPublishRetainedToClient(t *testing.T) {
@@ -2331,8 +2316,7 @@ func TestPublishRetainedToClient(t *testing.T) {
 
 	go func() {
 		s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/b/c"}, false)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)
@@ -2773,8 +2757,7 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 				require.NoError(t, err)
 			}
 
-			time.Sleep(time.Millisecond)
-			_ = w.Close()
+			closeWhenWritten(cl, w)
 
 			if i != 2 {
 				require.Equal(t, tx.out.RawBytes, <-recv)
@@ -2877,8 +2860,7 @@ func TestServerProcessSubscribeWithRetain(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribe).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)
@@ -2898,8 +2880,7 @@ func TestServerProcessSubscribeDowngradeQos(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMany).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)
@@ -2920,8 +2901,7 @@ func TestServerProcessSubscribeWithRetainHandling1(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling1).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)
@@ -2941,8 +2921,7 @@ func TestServerProcessSubscribeWithRetainHandling2(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling2).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)
@@ -2962,8 +2941,7 @@ func TestServerProcessSubscribeWithNotRetainAsPublished(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainAsPublished).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl, w)
 	}()
 
 	buf, err := io.ReadAll(r)
@@ -3239,9 +3217,8 @@ func TestServerSendLWT(t *testing.T) {
 
 	go func() {
 		s.sendLWT(sender)
-		time.Sleep(time.Millisecond * 10)
 		_ = w1.Close()
-		_ = w2.Close()
+		closeWhenWritten(receiver, w2)
 	}()
 
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
@@ -3279,9 +3256,8 @@ func TestServerSendLWTRetain(t *testing.T) {
 
 	go func() {
 		s.sendLWT(sender)
-		time.Sleep(time.Millisecond * 10)
 		_ = w1.Close()
-		_ = w2.Close()
+		closeWhenWritten(receiver, w2)
 	}()
 
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
@@ -3314,8 +3290,7 @@ func TestServerSendLWTDelayed(t *testing.T) {
 		require.Equal(t, 1, s.loop.willDelayed.Len())
 		s.sendDelayedLWT(time.Now().Unix())
 		require.Equal(t, 0, s.loop.willDelayed.Len())
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
+		closeWhenWritten(cl2, w)
 	}()
 
 	recv := make(chan []byte)
