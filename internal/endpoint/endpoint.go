@@ -172,8 +172,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return w.stopped(ctx, fmt.Errorf("endpoint %s: read cursor: %w", w.cfg.Name, err))
 	}
+	cur := newCursor(w.cfg.Log, w.Consumer(), w.cfg.Now, next)
+	defer func() {
+		if err := cur.commitOnStop(ctx); err != nil && !errors.Is(err, msglog.ErrClosed) {
+			w.cfg.Logger.Warn("endpoint cursor not saved at stop; its latest messages will be delivered again", "endpoint", w.cfg.Name, "error", err)
+		}
+	}()
 	if b, ok := w.cfg.Sink.(Batcher); ok {
-		return w.stopped(ctx, w.runBatcher(ctx, b, next))
+		return w.stopped(ctx, w.runBatcher(ctx, b, cur))
 	}
 	for {
 		recs, err := w.read(ctx, next)
@@ -181,7 +187,10 @@ func (w *Worker) Run(ctx context.Context) error {
 			return w.stopped(ctx, fmt.Errorf("endpoint %s: read log: %w", w.cfg.Name, err))
 		}
 		if len(recs) == 0 {
-			if err := w.cfg.Log.Wait(ctx, next-1); err != nil {
+			if err := cur.commitDue(ctx); err != nil {
+				return w.stopped(ctx, fmt.Errorf("endpoint %s: %w", w.cfg.Name, err))
+			}
+			if err := w.waitLog(ctx, next-1, cur.due()); err != nil {
 				return w.stopped(ctx, err)
 			}
 			continue
@@ -193,8 +202,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}
 		next = recs[len(recs)-1].Offset + 1
-		if err := w.cfg.Log.Commit(ctx, w.Consumer(), next); err != nil {
-			return w.stopped(ctx, fmt.Errorf("endpoint %s: commit cursor: %w", w.cfg.Name, err))
+		if err := cur.advance(ctx, next); err != nil {
+			return w.stopped(ctx, fmt.Errorf("endpoint %s: %w", w.cfg.Name, err))
 		}
 	}
 }
@@ -261,17 +270,24 @@ func (w *Worker) stopped(ctx context.Context, err error) error {
 // end holds the pending unit's messages (and records not routed here): they
 // are staged but not yet committed by the sink, so the cursor stays at the
 // unit's start until Flush succeeds.
-func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
-	committed, end := next, next
+func (w *Worker) runBatcher(ctx context.Context, b Batcher, cur *cursor) error {
+	// committed is where the pending unit starts: everything before it is
+	// in the sink or routed elsewhere (the cursor may not be written yet).
+	committed, end := cur.at, cur.at
 	staged := 0 // messages in the pending unit
+	// commit writes the cursor past a flushed unit at once: the flush cost
+	// far more than the write.
 	commit := func(to uint64) error {
 		if to == committed {
 			return nil
 		}
-		if err := w.cfg.Log.Commit(ctx, w.Consumer(), to); err != nil {
-			return fmt.Errorf("endpoint %s: commit cursor: %w", w.cfg.Name, err)
-		}
 		committed = to
+		if err := cur.advance(ctx, to); err != nil {
+			return fmt.Errorf("endpoint %s: %w", w.cfg.Name, err)
+		}
+		if err := cur.commit(ctx); err != nil {
+			return fmt.Errorf("endpoint %s: %w", w.cfg.Name, err)
+		}
 		return nil
 	}
 	losses := 0 // units lost downstream in a row
@@ -306,6 +322,12 @@ func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
 			return fmt.Errorf("endpoint %s: read log: %w", w.cfg.Name, err)
 		}
 		if len(recs) == 0 {
+			if err := cur.commitDue(ctx); err != nil {
+				return fmt.Errorf("endpoint %s: %w", w.cfg.Name, err)
+			}
+			if cd := cur.due(); !cd.IsZero() && (due.IsZero() || cd.Before(due)) {
+				due = cd
+			}
 			if err := w.waitLog(ctx, end-1, due); err != nil {
 				return err
 			}
@@ -351,8 +373,10 @@ func (w *Worker) runBatcher(ctx context.Context, b Batcher, next uint64) error {
 		}
 		end = recs[len(recs)-1].Offset + 1
 		if staged == 0 {
-			if err := commit(end); err != nil {
-				return err
+			// Nothing pending here: the records were routed elsewhere.
+			committed = end
+			if err := cur.advance(ctx, end); err != nil {
+				return fmt.Errorf("endpoint %s: %w", w.cfg.Name, err)
 			}
 		}
 	}

@@ -42,8 +42,8 @@ type Log interface {
 	// does not wait for the disk: the position becomes durable with the log's
 	// next sync (any Append, Trim or Sync), so a crash may forget the latest
 	// commits and the consumer then reads those records again — at least
-	// once, never lost. Endpoint workers commit after every batch; an fsync
-	// each time would cost more than the delivery.
+	// once, never lost. Endpoint workers commit every CursorInterval while
+	// they deliver; an fsync each time would cost more than the delivery.
 	Commit(ctx context.Context, consumer string, next uint64) error
 	// Sync makes every earlier Commit durable.
 	Sync(ctx context.Context) error
