@@ -195,6 +195,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 				h.twinChanged(d, m, op, body)
 			}
 		},
+		WantTwinChanges: h.wantsTwinChanges,
 		OnLifecycle: func(d, m string, created bool) {
 			if h.msglog != nil {
 				h.lifecycleChanged(d, m, created)

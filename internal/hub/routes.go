@@ -86,6 +86,14 @@ func (c routedRecords) lookup(off uint64, st *routingState, compute func() route
 // routingNow returns the routing in force.
 func (h *Hub) routingNow() *routingState { return h.routing.Load() }
 
+// takes says whether the routing in force sends messages of source anywhere;
+// events of a source it does not take are not made (none before routing is
+// built: the events of a starting hub's own resets go nowhere).
+func (h *Hub) takes(source string) bool {
+	st := h.routingNow()
+	return st != nil && st.router.Takes(source)
+}
+
 // compileRouting checks a routing configuration and compiles it.
 func (h *Hub) compileRouting(rc config.Routing) (*routingState, error) {
 	if err := rc.Validate(); err != nil {
@@ -290,6 +298,9 @@ func (h *Hub) EndpointHealth() []endpoint.Health {
 // lifecycleChanged logs IoT Hub's lifecycle event for a created or deleted
 // identity, with its twin as the body (just the ids once it is deleted).
 func (h *Hub) lifecycleChanged(deviceID, moduleID string, created bool) {
+	if !h.takes(routing.SourceDeviceLifecycleEvents) {
+		return
+	}
 	body, _ := json.Marshal(map[string]string{"deviceId": deviceID, "moduleId": moduleID})
 	if created {
 		if tw, err := h.registry.GetTwin(context.Background(), deviceID, moduleID); err == nil {
@@ -300,6 +311,9 @@ func (h *Hub) lifecycleChanged(deviceID, moduleID string, created bool) {
 	}
 	h.logEvent(routing.LifecycleEvent(h.hubName(), deviceID, moduleID, created, body, time.Now()))
 }
+
+// wantsTwinChanges says whether a route takes twin change events.
+func (h *Hub) wantsTwinChanges() bool { return h.takes(routing.SourceTwinChangeEvents) }
 
 // twinChanged logs IoT Hub's twin change event.
 func (h *Hub) twinChanged(deviceID, moduleID, opType string, body map[string]any) {
@@ -338,6 +352,9 @@ type connChange struct {
 // as IoT Hub does), where only the latest change of each identity counts.
 // Events are best effort, like IoT Hub's own: no device waits for them.
 func (h *Hub) connectionChanged(deviceID, moduleID string, connected bool) {
+	if !h.takes(routing.SourceConnectionStateEvents) {
+		return
+	}
 	c := connChange{connected: connected, seq: h.connSeq.Add(1), at: time.Now()}
 	if h.connSnapshot <= 0 {
 		h.logEvent(routing.ConnectionStateEvent(h.hubName(), deviceID, moduleID, connected, c.seq, c.at))

@@ -37,6 +37,10 @@ type Options struct {
 	// replacement, device reported patch) with IoT Hub's twin change event
 	// body: the twin's new version and what changed.
 	OnTwinChange func(deviceID, moduleID, opType string, body map[string]any)
+	// WantTwinChanges says whether OnTwinChange has a taker now (nil: always).
+	// Building an event re-reads the change; without a route for twin change
+	// events that was a tenth of a service twin patch's cost.
+	WantTwinChanges func() bool
 }
 
 // Registry is the identity registry. All methods are safe for concurrent use.

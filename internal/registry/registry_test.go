@@ -1036,3 +1036,29 @@ func BenchmarkSetConnectionStateParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkPatchTwinParallel is the shape of moatbench's twin updates: 32
+// service clients patching the desired properties of 1,000 SAS devices.
+func BenchmarkPatchTwinParallel(b *testing.B) {
+	h := newHarness(b)
+	const devices = 1000
+	for i := range devices {
+		d := registry.Device{DeviceID: fmt.Sprintf("device-%05d", i)}
+		must(h.CreateDevice(ctx, d))(b)
+	}
+	var next atomic.Int64
+	b.SetParallelism(16) // 32 goroutines on 2 cores, more on bigger machines
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		w := next.Add(1)
+		i := 0
+		for pb.Next() {
+			i++
+			id := fmt.Sprintf("device-%05d", (int(w)+i*32)%devices)
+			patch := fmt.Sprintf(`{"properties":{"desired":{"bench":%d,"worker":%d}}}`, i, w)
+			if _, err := h.PatchTwin(ctx, id, "", []byte(patch), ""); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

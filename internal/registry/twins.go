@@ -60,10 +60,15 @@ func (r *Registry) PatchTwin(ctx context.Context, deviceID, moduleID string, pat
 	return out, err
 }
 
+// twinChangesWanted says whether to build twin change events.
+func (r *Registry) twinChangesWanted() bool {
+	return r.opts.OnTwinChange != nil && (r.opts.WantTwinChanges == nil || r.opts.WantTwinChanges())
+}
+
 // twinChanged reports a committed twin change; change is the JSON that was
 // applied (a patch, or the replacement).
 func (r *Registry) twinChanged(deviceID, moduleID, opType string, version int64, change []byte) {
-	if r.opts.OnTwinChange == nil {
+	if !r.twinChangesWanted() {
 		return
 	}
 	var body map[string]any
@@ -149,7 +154,7 @@ func (r *Registry) UpdateReported(ctx context.Context, deviceID, moduleID string
 	if err != nil {
 		return 0, r.mapErr(ctx, err, key)
 	}
-	if r.opts.OnTwinChange != nil {
+	if r.twinChangesWanted() {
 		var reported map[string]any
 		_ = json.Unmarshal(patch, &reported)
 		if reported == nil {

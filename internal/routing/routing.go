@@ -405,6 +405,22 @@ func (r *Router) Routes() ([]Route, *Route) {
 	return out, &fb
 }
 
+// Takes says whether any message of source can go anywhere: an enabled route
+// or the enabled fallback route has that source (or, with no routes at all,
+// it is device messages, which then go to events). The hub makes no event of
+// a source nothing takes, as IoT Hub sends none without a route for it.
+func (r *Router) Takes(source string) bool {
+	for i := range r.routes {
+		if rt := &r.routes[i]; rt.IsEnabled && rt.Source == source {
+			return true
+		}
+	}
+	if fb := r.fallback; fb != nil && fb.IsEnabled && fb.Source == source {
+		return true
+	}
+	return len(r.routes) == 0 && source == SourceDeviceMessages
+}
+
 // Matching returns the enabled routes of in's source that a message
 // matches (IoT Hub's "test all routes").
 func (r *Router) Matching(in Input) []Route {

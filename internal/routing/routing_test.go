@@ -206,3 +206,33 @@ func TestConnectionStateEvent(t *testing.T) {
 		t.Fatalf("disconnected event: %v", got)
 	}
 }
+
+func TestTakes(t *testing.T) {
+	eps := []string{"s"}
+	route := func(src string, on bool) Route {
+		return Route{Name: "r" + src, Source: src, EndpointNames: eps, IsEnabled: on}
+	}
+	tests := []struct {
+		name   string
+		cfg    Config
+		source string
+		want   bool
+	}{
+		{"no routes: device messages go to events", Config{}, SourceDeviceMessages, true},
+		{"no routes: no twin change events", Config{}, SourceTwinChangeEvents, false},
+		{"an enabled route of the source", Config{Routes: []Route{route(SourceDeviceMessages, true), route(SourceTwinChangeEvents, true)}}, SourceTwinChangeEvents, true},
+		{"a disabled route takes nothing", Config{Routes: []Route{route(SourceTwinChangeEvents, false)}}, SourceTwinChangeEvents, false},
+		{"routes of other sources only", Config{Routes: []Route{route(SourceTwinChangeEvents, true)}}, SourceDeviceMessages, false},
+		{"the fallback route of the source", Config{Routes: []Route{route(SourceTwinChangeEvents, true)}, FallbackRoute: &Route{Name: "fb", Source: SourceDeviceMessages, EndpointNames: eps, IsEnabled: true}}, SourceDeviceMessages, true},
+		{"a disabled fallback route", Config{FallbackRoute: &Route{Name: "fb", Source: SourceDeviceLifecycleEvents, EndpointNames: eps}}, SourceDeviceLifecycleEvents, false},
+	}
+	for _, tt := range tests {
+		r, err := Compile(tt.cfg, "hub1", eps)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if got := r.Takes(tt.source); got != tt.want {
+			t.Errorf("%s: Takes(%s) = %v, want %v", tt.name, tt.source, got, tt.want)
+		}
+	}
+}
