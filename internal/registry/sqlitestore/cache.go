@@ -1,6 +1,7 @@
 package sqlitestore
 
 import (
+	"hash/maphash"
 	"sync"
 
 	"github.com/moat-iot/moat/internal/registry"
@@ -13,22 +14,46 @@ import (
 // goes through the Store and invalidates here. (A shared database, such as the
 // clustered PostgreSQL store, cannot use it.)
 //
-// A read that misses fills the cache only if no write started or finished
-// while it read, so it never installs a value a concurrent write superseded:
-// writes bump seq before they run and again after they commit, and the reader
-// compares seq before and after. The compare-and-swap updates instead refresh
-// the entry from the writer goroutine right after their commit (in commit
-// order), bumping seq too.
+// A read that misses fills the cache only if no write to its device started
+// or finished while it read, so it never installs a value a concurrent write
+// superseded: writes bump seq before they run and again after they commit,
+// marking their device's fence bucket, and the reader compares its bucket's
+// fence with seq as it was before the read. The compare-and-swap updates
+// instead refresh the entry from the writer goroutine right after their
+// commit (in commit order), marking the fence too.
 type recordCache struct {
-	mu      sync.Mutex
-	seq     uint64
+	mu   sync.Mutex
+	seq  uint64 // counts writes
+	hash maphash.Seed
+	// fence holds, per bucket of device ids, the seq of the latest write to
+	// one of them; cleared, that of the latest clear. One fence for all ids
+	// made every connect's state change turn away every read in flight, so
+	// in a connect storm the cache hardly filled and each connect read its
+	// identity from SQLite twice.
+	fence   [fenceBuckets]uint64
+	cleared uint64
 	max     int
 	n       int
 	devices map[string]map[string]*registry.Record // device id → module id ("" for the device) → record
 }
 
+// fenceBuckets is the number of fence buckets: reads that miss at once are
+// few, so a collision (which only costs a fill) is rare.
+const fenceBuckets = 1024
+
 func newRecordCache(max int) *recordCache {
-	return &recordCache{max: max, devices: map[string]map[string]*registry.Record{}}
+	return &recordCache{max: max, hash: maphash.MakeSeed(), devices: map[string]map[string]*registry.Record{}}
+}
+
+// fenceOf is deviceID's fence bucket.
+func (c *recordCache) fenceOf(deviceID string) uint64 {
+	return maphash.String(c.hash, deviceID) % fenceBuckets
+}
+
+// wrote records a write to deviceID's records (c.mu held).
+func (c *recordCache) wrote(deviceID string) {
+	c.seq++
+	c.fence[c.fenceOf(deviceID)] = c.seq
 }
 
 // get returns a copy of the cached record, or the sequence number a miss
@@ -47,7 +72,7 @@ func (c *recordCache) get(k registry.Key) (*registry.Record, uint64) {
 func (c *recordCache) put(rec *registry.Record, seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if seq != c.seq || c.max <= 0 {
+	if c.max <= 0 || c.cleared > seq || c.fence[c.fenceOf(rec.Key.DeviceID)] > seq {
 		return
 	}
 	if c.n >= c.max {
@@ -80,7 +105,7 @@ func (c *recordCache) evictOne() {
 func (c *recordCache) invalidate(k registry.Key) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seq++
+	c.wrote(k.DeviceID)
 	mods := c.devices[k.DeviceID]
 	if k.ModuleID == "" {
 		c.n -= len(mods)
@@ -101,7 +126,7 @@ func (c *recordCache) invalidate(k registry.Key) {
 func (c *recordCache) refresh(rec *registry.Record) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seq++
+	c.wrote(rec.Key.DeviceID)
 	cur, ok := c.devices[rec.Key.DeviceID][rec.Key.ModuleID]
 	if !ok {
 		return
@@ -118,7 +143,7 @@ func (c *recordCache) refresh(rec *registry.Record) {
 func (c *recordCache) setConn(k registry.Key, conn registry.Connection) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seq++
+	c.wrote(k.DeviceID)
 	if cur, ok := c.devices[k.DeviceID][k.ModuleID]; ok {
 		cp := *cur
 		cp.Conn = conn
@@ -131,6 +156,7 @@ func (c *recordCache) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
+	c.cleared = c.seq
 	c.devices = map[string]map[string]*registry.Record{}
 	c.n = 0
 }

@@ -121,3 +121,40 @@ func TestWriterPageCache(t *testing.T) {
 		t.Fatalf("writer cache_size %d, want %d (KiB)", got, -writerCacheKiB)
 	}
 }
+
+// TestCacheFenceIsPerDevice: a read that misses is turned away by a write to
+// its own device during the read (or a clear), not by writes to others.
+func TestCacheFenceIsPerDevice(t *testing.T) {
+	rec := func(id string) *registry.Record {
+		return &registry.Record{Key: registry.Key{DeviceID: id}, Twin: []byte(id)}
+	}
+	steps := []struct {
+		name   string
+		during func(c *recordCache)
+		cached bool
+	}{
+		{"no write", func(*recordCache) {}, true},
+		{"another device's connection changed", func(c *recordCache) { c.setConn(registry.Key{DeviceID: "b"}, registry.Connection{Connected: true}) }, true},
+		{"another device written", func(c *recordCache) { c.invalidate(registry.Key{DeviceID: "b"}) }, true},
+		{"its connection changed", func(c *recordCache) { c.setConn(registry.Key{DeviceID: "a"}, registry.Connection{Connected: true}) }, false},
+		{"it was written", func(c *recordCache) { c.invalidate(registry.Key{DeviceID: "a"}) }, false},
+		{"one of its modules was written", func(c *recordCache) { c.invalidate(registry.Key{DeviceID: "a", ModuleID: "m"}) }, false},
+		{"it was refreshed", func(c *recordCache) { c.refresh(rec("a")) }, false},
+		{"the cache was cleared", func(c *recordCache) { c.clear() }, false},
+	}
+	for _, s := range steps {
+		c := newRecordCache(10)
+		for c.fenceOf("a") == c.fenceOf("b") { // keep "b" out of "a"'s bucket
+			c = newRecordCache(10)
+		}
+		got, seq := c.get(registry.Key{DeviceID: "a"})
+		if got != nil {
+			t.Fatalf("%s: empty cache hit", s.name)
+		}
+		s.during(c)
+		c.put(rec("a"), seq)
+		if got, _ := c.get(registry.Key{DeviceID: "a"}); (got != nil) != s.cached {
+			t.Errorf("%s: cached %v, want %v", s.name, got != nil, s.cached)
+		}
+	}
+}
