@@ -664,12 +664,14 @@ func waitQuiet(ctx context.Context, metricsAddr string) bool {
 }
 
 // settledRSS waits for the hub's resident memory to settle and returns it:
-// unchanged within 1 % over two seconds, or after 20 s. Two seconds because
-// the hub collects the garbage of a busy period (such as a connect storm)
-// only after it has seen a quiet interval of up to a second (gcpace); an
-// earlier reading would count that garbage as memory per device.
+// unchanged within 1 % over eight seconds, or after 40 s. Eight seconds
+// because the hub collects the garbage of a busy period (such as a connect
+// storm) only after it has seen a quiet interval of up to a second, and two
+// more collections follow three seconds apart, which shrink the stacks of
+// the connections that went quiet (gcpace.SettleCollections); an earlier
+// reading would count that garbage and those stacks as memory per device.
 func settledRSS(pid int) int64 {
-	const step, window, limit = 500 * time.Millisecond, 4, 40
+	const step, window, limit = 500 * time.Millisecond, 16, 80
 	var samples []int64
 	for range limit {
 		u, err := readUsage(pid)

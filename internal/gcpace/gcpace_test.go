@@ -122,6 +122,8 @@ func TestRunFollowsTheLoad(t *testing.T) {
 // A busy period ends with a collection even when GOGC was never raised
 // because the live heap is larger than the headroom.
 func TestRunCollectsWhenLoadEnds(t *testing.T) {
+	defer func(g time.Duration) { settleGap = g }(settleGap)
+	settleGap = 150 * time.Millisecond
 	live := make([][]byte, 0, 4096)
 	for range 4096 {
 		live = append(live, make([]byte, 1024)) // 4 MiB live: above the 1 MiB headroom
@@ -143,6 +145,11 @@ func TestRunCollectsWhenLoadEnds(t *testing.T) {
 			t.Fatal("no collection after the busy period ended")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	// Then SettleCollections more, settleGap apart, and no others.
+	time.Sleep(SettleCollections*settleGap + settleGap/2)
+	if n := forcedGCs() - before; n != 1+SettleCollections {
+		t.Fatalf("%d collections after the busy period, want 1 and %d to settle", n, SettleCollections)
 	}
 
 	// A busy stretch that allocates less than the live heap (busy: 10 MiB/s

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -118,6 +119,16 @@ type trackedConn struct {
 	once     sync.Once
 }
 
+// SyscallConn gives the socket itself, so that a reader can wait for data
+// without a read in progress (mochi's idle wait).
+func (c *trackedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
+}
+
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
 		c.set.mu.Lock()
@@ -163,6 +174,13 @@ func (s *StreamServer) Serve(ctx context.Context, ln net.Listener) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			if s.TLS == nil {
+				// Straight to the handler: serveConn's frame would stay
+				// under a quiet connection's wait and keep its stack from
+				// shrinking to 2 KiB (see mochi's idle wait).
+				s.handle(c)
+				return
+			}
 			s.serveConn(ctx, c)
 		}()
 	}

@@ -14,6 +14,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/xid"
@@ -133,12 +134,14 @@ type Client struct {
 
 // ClientConnection contains the connection transport and metadata for the client.
 type ClientConnection struct {
-	Conn     net.Conn      // the net.Conn used to establish the connection
-	bconn    *bufio.Reader // a buffered net.Conn for reading packets
-	outbuf   *bytes.Buffer // a buffer for writing packets
-	Remote   string        // the remote address of the client
-	Listener string        // listener id of the client
-	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+	Conn     net.Conn        // the net.Conn used to establish the connection
+	bconn    *bufio.Reader   // a buffered net.Conn for reading packets
+	raw      syscall.RawConn // the socket under Conn, for idleSocket (moat patch)
+	noRaw    bool            // Conn has no socket to wait on (moat patch)
+	outbuf   *bytes.Buffer   // a buffer for writing packets
+	Remote   string          // the remote address of the client
+	Listener string          // listener id of the client
+	Inline   bool            // if true, the client is the built-in 'inline' embedded client
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -461,6 +464,13 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return nil
 		}
 
+		if rc, err := cl.idleSocket(); err != nil { // moat patch
+			return err
+		} else if rc != nil {
+			if err := waitReadable(rc); err != nil {
+				return err
+			}
+		}
 		cl.refreshDeadline(cl.State.Keepalive)
 		fh := new(packets.FixedHeader)
 		err = cl.ReadFixedHeader(fh)
@@ -473,6 +483,84 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 	}
+}
+
+// idleSocket waits up to Options.IdleProbe for the client's next packet.
+// It returns the socket when none came, nothing being buffered above it,
+// for Read to wait on under fewer frames (moat patch). It is its own frame so
+// that its locals are gone while Read waits.
+//
+//go:noinline
+func (cl *Client) idleSocket() (syscall.RawConn, error) {
+	probe := cl.ops.options.IdleProbe
+	if probe <= 0 || cl.Net.bconn == nil || cl.Net.bconn.Buffered() > 0 {
+		return nil, nil
+	}
+	if cl.Net.raw == nil {
+		if cl.Net.noRaw {
+			return nil, nil
+		}
+		if cl.Net.raw = rawConnOf(cl.Net.Conn); cl.Net.raw == nil {
+			cl.Net.noRaw = true
+			return nil, nil
+		}
+	}
+	now := time.Now()
+	var keepalive time.Time // zero: no deadline, as refreshDeadline
+	if k := cl.State.Keepalive; k > 0 {
+		keepalive = now.Add(time.Duration(k+(k/2)) * time.Second) // [MQTT-3.1.2-22]
+		if keepalive.Before(now.Add(probe)) {
+			return nil, nil
+		}
+	}
+	_ = cl.Net.Conn.SetReadDeadline(now.Add(probe))
+	// Peek reads through every buffer (and TLS) without consuming: a
+	// timeout means nothing is buffered above the socket but, at most, part
+	// of a packet or record that needs more from it. A timeout does not
+	// break a TLS connection.
+	_, err := cl.Net.bconn.Peek(1)
+	if err == nil {
+		return nil, nil
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return nil, err
+	}
+	_ = cl.Net.Conn.SetReadDeadline(keepalive)
+	return cl.Net.raw, nil
+}
+
+// rawConnOf finds the socket under c's wrappers, or nil (moat patch).
+func rawConnOf(c net.Conn) syscall.RawConn {
+	for i := 0; i < 8 && c != nil; i++ {
+		switch x := c.(type) {
+		case syscall.Conn:
+			rc, err := x.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return rc
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		case interface{ Unwrap() net.Conn }:
+			c = x.Unwrap()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// waitReadable parks until the socket has data, an end or an error to
+// read, or its read deadline passes (moat patch).
+func waitReadable(rc syscall.RawConn) error {
+	var b [1]byte
+	return rc.Read(func(fd uintptr) bool {
+		// Data, the peer's end or a socket error: the read that follows
+		// reports each of them.
+		_, _, e := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return e != syscall.EAGAIN && e != syscall.EINTR
+	})
 }
 
 // readAndHandle reads the rest of a packet and processes it. (moat patch)

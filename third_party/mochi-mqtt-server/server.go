@@ -126,6 +126,16 @@ type Options struct {
 	// SysTopicResendInterval specifies the interval between $SYS topic updates in seconds.
 	SysTopicResendInterval int64 `yaml:"sys_topic_resend_interval" json:"sys_topic_resend_interval"`
 
+	// IdleProbe, if positive, is how long a client's read loop waits for its
+	// next packet before it waits on the socket itself (moat patch). A read
+	// in progress sits under the frames of the buffers and TLS layers above
+	// the socket, which keep a parked goroutine's stack at 8 KiB; waiting on
+	// the socket under a few frames lets the runtime shrink it to 2 KiB at
+	// the next collections. A connection that sends more often than this
+	// never leaves the ordinary read. Only connections that expose their
+	// socket (syscall.Conn, directly or under NetConn/Unwrap) take part.
+	IdleProbe time.Duration `yaml:"-" json:"-"`
+
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
