@@ -16,7 +16,9 @@
 // carry the garbage of the connect storm). With a live heap larger than the
 // headroom (many connected devices) GOGC stays 100, and the collection at the
 // end of a busy period still runs, and two more follow a few seconds apart
-// (see SettleCollections). Setting GOGC in the environment turns pacing off.
+// (see SettleCollections). While the live heap grows, as in a connect storm,
+// the goal is not raised (GrowthHold). Setting GOGC in the environment turns
+// pacing off.
 package gcpace
 
 import (
@@ -72,6 +74,9 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 	// settle counts the follow-up collections still due after a busy
 	// period, the next at settleAt.
 	settle, settleAt := 0, time.Time{}
+	// lastLive is the live heap the last collection left; grewAt, when a
+	// collection last found it a tenth larger than the one before.
+	lastLive, grewAt := uint64(0), time.Time{}
 	defer func() { debug.SetGCPercent(100) }()
 	for {
 		select {
@@ -87,8 +92,14 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 		prevAllocs = allocs
 		wasBusy := busy
 		busy = Busy(rate, headroom)
+		if live != lastLive {
+			if lastLive > 0 && live > lastLive+lastLive/10 {
+				grewAt = time.Now()
+			}
+			lastLive = live
+		}
 		p := 100
-		if busy {
+		if busy && time.Since(grewAt) > GrowthHold {
 			p = Percent(live, headroom)
 		}
 		if p != set && (p == 100 || p > set*11/10 || p < set*9/10) { // small moves are not worth it
@@ -120,6 +131,16 @@ func Run(ctx context.Context, headroom uint64, interval time.Duration) {
 		}
 	}
 }
+
+// GrowthHold is how long GOGC stays 100 after a collection found the live
+// heap grown by a tenth. Headroom pays for churn: garbage made and dropped
+// while the live heap holds still, as under telemetry. While the live heap
+// grows — a connect storm adding each device's connection state — a raised
+// goal spread the new long-lived objects over spans that the storm's
+// garbage shared with them, and those stayed part-used for good: 2.5 KB of
+// RSS more per idle TLS device after a storm of 10,000 (21.6-22.8 KB
+// against 19.4 with no headroom).
+const GrowthHold = 2 * time.Second
 
 // SettleCollections follow the collection at the end of a busy period,
 // settleGap apart while the hub stays quiet. The gap is longer than

@@ -167,3 +167,34 @@ func TestRunCollectsWhenLoadEnds(t *testing.T) {
 	}
 	runtime.KeepAlive(live)
 }
+
+// While the live heap grows, GOGC is not raised however fast the program
+// allocates; once it holds still, it is.
+func TestRunHoldsWhileLiveGrows(t *testing.T) {
+	defer startRun(t, 512<<20)() // more than the ~100 MiB kept below
+	var kept [][]byte
+	defer func() { runtime.KeepAlive(kept) }()
+	start := time.Now()
+	for end := start.Add(500 * time.Millisecond); time.Now().Before(end); {
+		allocBurst()
+		// 2 MiB more kept every 10 ms: the heap grows by far more than a
+		// tenth between collections.
+		for range 2 {
+			kept = append(kept, make([]byte, 1<<20))
+		}
+		// Growth shows only once two collections have read the live
+		// heap; until then the load alone counts.
+		if g := gogc(); g != 100 && time.Since(start) > 200*time.Millisecond {
+			t.Fatalf("GOGC %d while the live heap grows, want 100", g)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	deadline := time.Now().Add(GrowthHold + 3*time.Second)
+	for gogc() == 100 {
+		if time.Now().After(deadline) {
+			t.Fatal("GOGC not raised once the live heap held still under load")
+		}
+		allocBurst()
+		time.Sleep(time.Millisecond)
+	}
+}
