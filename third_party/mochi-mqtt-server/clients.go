@@ -305,7 +305,9 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.Net.Listener = lid
 
 	cl.Properties.ProtocolVersion = pk.ProtocolVersion
-	cl.Properties.Username = pk.Connect.Username
+	// A copy, so that the CONNECT packet — and its password, a device's
+	// SAS token — is not kept for as long as the client lives. (moat patch)
+	cl.Properties.Username = append([]byte(nil), pk.Connect.Username...)
 	cl.Properties.Clean = pk.Connect.Clean
 	cl.Properties.Props = pk.Properties.Copy(false)
 

@@ -183,3 +183,16 @@ func TestHousekeepingWithoutGarbage(t *testing.T) {
 	_, ok := s.Clients.Get("c7")
 	require.False(t, ok)
 }
+
+// The client keeps its own copy of the username, not a slice of the CONNECT
+// packet, which holds the password as well.
+func TestParseConnectCopiesUsername(t *testing.T) {
+	cl, _ := newQueueTestClient(0)
+	body := []byte("user-namepassword")
+	pk := packets.Packet{ProtocolVersion: 4, Connect: packets.ConnectParams{
+		Username: body[:9], Password: body[9:], UsernameFlag: true, PasswordFlag: true, ClientIdentifier: "c", Keepalive: 60,
+	}}
+	cl.ParseConnect("tcp", pk)
+	copy(body, "XXXXXXXXXXXXXXXXX")
+	require.Equal(t, "user-name", string(cl.Properties.Username))
+}
