@@ -178,8 +178,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.cfg.Logger.Warn("endpoint cursor not saved at stop; its latest messages will be delivered again", "endpoint", w.cfg.Name, "error", err)
 		}
 	}()
+	quiet := newQuietness(w.cfg.Now)
 	if b, ok := w.cfg.Sink.(Batcher); ok {
-		return w.stopped(ctx, w.runBatcher(ctx, b, cur))
+		return w.stopped(ctx, w.runBatcher(ctx, b, cur, quiet))
 	}
 	for {
 		recs, err := w.read(ctx, next)
@@ -193,9 +194,13 @@ func (w *Worker) Run(ctx context.Context) error {
 			if err := w.waitLog(ctx, next-1, cur.due()); err != nil {
 				return w.stopped(ctx, err)
 			}
+			if err := quiet.hold(ctx); err != nil {
+				return w.stopped(ctx, err)
+			}
 			continue
 		}
 		batch, _ := w.selectRecords(recs)
+		quiet.read(len(recs), len(batch))
 		if len(batch) > 0 {
 			if err := w.deliver(ctx, batch); err != nil {
 				return w.stopped(ctx, err)
@@ -270,7 +275,7 @@ func (w *Worker) stopped(ctx context.Context, err error) error {
 // end holds the pending unit's messages (and records not routed here): they
 // are staged but not yet committed by the sink, so the cursor stays at the
 // unit's start until Flush succeeds.
-func (w *Worker) runBatcher(ctx context.Context, b Batcher, cur *cursor) error {
+func (w *Worker) runBatcher(ctx context.Context, b Batcher, cur *cursor, quiet *quietness) error {
 	// committed is where the pending unit starts: everything before it is
 	// in the sink or routed elsewhere (the cursor may not be written yet).
 	committed, end := cur.at, cur.at
@@ -331,9 +336,15 @@ func (w *Worker) runBatcher(ctx context.Context, b Batcher, cur *cursor) error {
 			if err := w.waitLog(ctx, end-1, due); err != nil {
 				return err
 			}
+			if staged == 0 {
+				if err := quiet.hold(ctx); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		batch, offs := w.selectRecords(recs)
+		quiet.read(len(recs), len(batch))
 		rewound := false
 		for len(batch) > 0 {
 			n, gaveUp, err := w.stage(ctx, b, batch)
