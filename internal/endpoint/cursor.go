@@ -40,11 +40,12 @@ func (c *cursor) advance(ctx context.Context, to uint64) error {
 	if to <= c.at {
 		return nil
 	}
+	now := c.now()
 	if c.at == c.committed {
-		c.since = c.now()
+		c.since = now
 	}
 	c.at = to
-	if c.now().Sub(c.since) < CursorInterval {
+	if now.Sub(c.since) < CursorInterval {
 		return nil
 	}
 	return c.commit(ctx)

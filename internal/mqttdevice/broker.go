@@ -81,11 +81,11 @@ type Broker struct {
 	cancel    context.CancelFunc
 }
 
-// New builds the broker. Call Start before ServeConn.
 // IdleProbe is how long a device connection may be quiet before its
 // goroutine waits on the socket under a small stack.
 const IdleProbe = 2 * time.Second
 
+// New builds the broker. Call Start before ServeConn.
 func New(cfg Config) (*Broker, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()

@@ -175,39 +175,37 @@ func (s *StreamServer) Serve(ctx context.Context, ln net.Listener) error {
 		go func() {
 			defer s.wg.Done()
 			if s.TLS == nil {
-				// Straight to the handler: serveConn's frame would stay
-				// under a quiet connection's wait and keep its stack from
+				// Straight to the handler: another frame would stay under
+				// a quiet connection's wait and keep its stack from
 				// shrinking to 2 KiB (see mochi's idle wait).
 				s.handle(c)
 				return
 			}
-			s.serveConn(ctx, c)
+			s.serveTLS(ctx, c)
 		}()
 	}
 }
 
-func (s *StreamServer) serveConn(ctx context.Context, c net.Conn) {
-	if s.TLS != nil {
-		tc := tls.Server(c, s.TLS)
-		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			s.Log.Debug("TLS handshake failed", "listener", s.Name, "remote", c.RemoteAddr().String(), "error", err)
-			_ = c.Close()
-			return
-		}
-		// The handshake's key exchange and signature grow this goroutine's
-		// stack to tens of KiB, and an idle connection would keep that for
-		// good. The long-lived reader starts on a fresh, small stack instead.
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.handle(tc)
-		}()
+// serveTLS completes c's TLS handshake and hands the connection to the
+// handler on a goroutine of its own.
+func (s *StreamServer) serveTLS(ctx context.Context, c net.Conn) {
+	tc := tls.Server(c, s.TLS)
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		s.Log.Debug("TLS handshake failed", "listener", s.Name, "remote", c.RemoteAddr().String(), "error", err)
+		_ = c.Close()
 		return
 	}
-	s.handle(c)
+	// The handshake's key exchange and signature grow this goroutine's
+	// stack to tens of KiB, and an idle connection would keep that for
+	// good. The long-lived reader starts on a fresh, small stack instead.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.handle(tc)
+	}()
 }
 
 func (s *StreamServer) handle(c net.Conn) {
