@@ -63,6 +63,28 @@ test('mosquitto_pub with a SAS token computed in JS publishes telemetry with pro
   assert.equal(h.sys(ev, 'message-id'), 'mosq-1');
 });
 
+// The hub parks a connection quiet for 2 s on its socket under a small stack
+// (mochi's idle wait); the next packet must be read as before, over TLS.
+test('one mosquitto_pub connection publishes again after idling past the hub\'s idle wait', T, async () => {
+  const tag = h.uniqueId('idle');
+  const p = spawn('mosquitto_pub', [...connArgs(dev), '-t', `devices/${dev.id}/messages/events/`, '-q', '1', '-l', '-d']);
+  let out = '';
+  p.stdout.on('data', (b) => { out += b; });
+  p.stderr.on('data', (b) => { out += b; });
+  const exited = new Promise((resolve) => p.on('close', resolve));
+  try {
+    for (let i = 0; i < 3; i++) {
+      p.stdin.write(`${tag} ${i}\n`);
+      await monitor.waitFor((e) => e.payload === `${tag} ${i}`, 10000, `line ${i} after ${i} idle periods (output: ${out})`);
+      await h.sleep(3000);
+    }
+  } finally {
+    p.stdin.end();
+    assert.equal(await h.withTimeout(exited, 10000, 'mosquitto_pub to exit'), 0, `mosquitto_pub: ${out}`);
+  }
+  assert.equal((out.match(/received CONNACK/g) || []).length, 1, `one connection for all three lines: ${out}`);
+});
+
 test('a wrong SAS signature is refused with CONNACK 5 (not authorised)', T, async () => {
   const bad = h.sasToken(`${hub.host}/devices/${dev.id}`, Buffer.alloc(32, 4).toString('base64'));
   const r = await pub(dev, `devices/${dev.id}/messages/events/`, 'never', [], { password: bad });

@@ -56,6 +56,24 @@ test('system and application properties and a JSON body arrive intact', T, async
   assert.equal(monitor.badLines.length, 0, `monitor printed non-JSON lines: ${monitor.badLines.join('\n')}`);
 });
 
+// The hub parks a connection quiet for 2 s on its socket under a small stack
+// (mochi's idle wait); the SDK's next publish must be read as before.
+test('a device quiet for longer than the hub\'s idle wait sends again on the same connection', T, async () => {
+  // The SDK reconnects by itself, which would hide a connection the wait
+  // broke: the hub's connection state time moves at every connect.
+  const reg = await hub.registry();
+  const connectedAt = async () => (await reg.get(dev.id)).responseBody.connectionStateUpdatedTime;
+  const before = await connectedAt();
+  for (let i = 0; i < 2; i++) {
+    await h.sleep(3000);
+    const msg = new Message(JSON.stringify({ afterIdle: i }));
+    msg.messageId = h.uniqueId('idle');
+    await h.withTimeout(client.sendEvent(msg), 10000, `sendEvent after idle period ${i}`);
+    await monitor.waitFor((e) => h.sys(e, 'message-id') === msg.messageId, 10000, `message after idle period ${i}`);
+  }
+  assert.equal(String(await connectedAt()), String(before), 'the device connected again while idle');
+});
+
 test('a text body without content type arrives as a string', T, async () => {
   const msg = new Message('plain text, not JSON: {');
   msg.messageId = h.uniqueId('mid');
