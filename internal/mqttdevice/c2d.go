@@ -50,23 +50,41 @@ func (d *c2dDelivery) device(id string, create bool) *c2dDevice {
 	return dev
 }
 
-// sessionStarted forgets in-flight state when the broker dropped it (a clean
-// session) and delivers what is pending.
-func (d *c2dDelivery) sessionStarted(_ *mqtt.Client, deviceID string, clean bool) {
-	if clean {
-		if dev := d.device(deviceID, false); dev != nil {
-			// Under the pass lock: a pass that began on the old session
-			// could otherwise mark a message sent after this clear and
-			// publish it to a session that no longer subscribes, leaving
-			// a mark that keeps the message from the new session.
-			dev.deliver.Lock()
-			dev.mu.Lock()
+// sessionStarted forgets in-flight state the new session does not hold —
+// all of it for a clean session, and for a resumed one what did not reach
+// the inherited in-flight set — and delivers what is pending.
+func (d *c2dDelivery) sessionStarted(cl *mqtt.Client, deviceID string, clean bool) {
+	if dev := d.device(deviceID, false); dev != nil {
+		// Under the pass lock: a pass that began on the old session
+		// could otherwise mark a message sent after this and publish it to
+		// the old client, leaving a mark that keeps the message from the
+		// new session. A pass that ran while the session was taken over
+		// did just that: its publish reached the old client after the new
+		// one had copied its in-flight messages, and the message stayed
+		// marked sent, never delivered (TestSessions, ~5% of runs).
+		dev.deliver.Lock()
+		dev.mu.Lock()
+		if clean {
 			clear(dev.sent)
-			clear(dev.byTopic)
 			clear(dev.byPacket)
-			dev.mu.Unlock()
-			dev.deliver.Unlock()
+		} else {
+			held := make(map[uint64]bool, len(dev.byPacket))
+			for id, seq := range dev.byPacket {
+				if _, ok := cl.State.Inflight.Get(id); ok {
+					held[seq] = true
+				} else {
+					delete(dev.byPacket, id)
+				}
+			}
+			for seq := range dev.sent {
+				if !held[seq] {
+					delete(dev.sent, seq)
+				}
+			}
 		}
+		clear(dev.byTopic)
+		dev.mu.Unlock()
+		dev.deliver.Unlock()
 	}
 	d.kick(deviceID)
 }
