@@ -613,10 +613,20 @@ func runIdle(ctx context.Context, h *moatHub, d deviceDialer, target string, ste
 			out = append(out, res)
 			return out
 		}
-		if v, err := scrapeMetric(ctx, h.metrics, "moat_connected_devices"); err == nil {
+		// The hub counts a connection just after its CONNACK is written,
+		// so the last few may be counted a moment after Dial returned.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			v, err := scrapeMetric(ctx, h.metrics, "moat_connected_devices")
+			if err != nil {
+				break
+			}
 			res.Received = int64(v)
-			if int(v) != len(conns) {
+			if int(v) == len(conns) {
+				break
+			}
+			if time.Now().After(deadline) {
 				res.note("hub reports %d connected devices", int(v))
+				break
 			}
 		}
 		if !waitQuiet(ctx, h.metrics) {
