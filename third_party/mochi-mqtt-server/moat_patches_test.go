@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -195,4 +196,19 @@ func TestParseConnectCopiesUsername(t *testing.T) {
 	cl.ParseConnect("tcp", pk)
 	copy(body, "XXXXXXXXXXXXXXXXX")
 	require.Equal(t, "user-name", string(cl.Properties.Username))
+}
+
+// heapInUse (patch 8) reads what runtime.ReadMemStats calls HeapInuse.
+func TestHeapInUseMatchesMemStats(t *testing.T) {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	got := heapInUse()
+	diff := got - int64(m.HeapInuse)
+	if diff < 0 {
+		diff = -diff
+	}
+	if got <= 0 || diff > 1<<20 {
+		t.Fatalf("heapInUse() = %d, MemStats.HeapInuse = %d", got, m.HeapInuse)
+	}
 }
