@@ -110,7 +110,7 @@ func appendWebhookBatch(b []byte, batch []message.Message) []byte {
 		b = append(b, '"')
 		switch {
 		case len(m.Body) == 0:
-		case json.Valid(m.Body):
+		case validJSON(m.Body):
 			b = append(b, `,"body":`...)
 			b = append(b, m.Body...)
 		case utf8.Valid(m.Body):
