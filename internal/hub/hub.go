@@ -172,7 +172,25 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	// Every accepted device-to-cloud message is appended here, durably,
 	// before the device gets its PUBACK. Run trims it behind the slowest
 	// endpoint every 250 ms, so it holds what some endpoint still owes.
-	h.msglog, err = msglog.OpenPebble(filepath.Join(h.dataDir, "log"), msglog.PebbleOptions{Logger: log.With("component", "msglog")})
+	// The log's histograms are registered with the others below; the log
+	// reports to them from its first commit.
+	logWait := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "moat_log_commit_wait_seconds",
+		Help:    "Per group commit of the durable message log, from its first append to durability: the longest any message of the commit waited before its PUBACK could be sent.",
+		Buckets: prometheus.ExponentialBuckets(125e-6, 2, 11), // 125 µs … 128 ms
+	})
+	logSync := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "moat_log_sync_seconds",
+		Help:    "Per group commit of the durable message log, the write and fsync of its batch.",
+		Buckets: prometheus.ExponentialBuckets(125e-6, 2, 11),
+	})
+	h.msglog, err = msglog.OpenPebble(filepath.Join(h.dataDir, "log"), msglog.PebbleOptions{
+		Logger: log.With("component", "msglog"),
+		OnCommit: func(_ int, wait, sync time.Duration) {
+			logWait.Observe(wait.Seconds())
+			logSync.Observe(sync.Seconds())
+		},
+	})
 	if err != nil {
 		h.close()
 		return nil, fmt.Errorf("message log: %w", err)
@@ -242,6 +260,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Hub, error
 	h.telemetry = prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_telemetry_messages_total", Help: "Device-to-cloud messages accepted."})
 	h.metrics.MustRegister(h.telemetry)
 	h.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_log_last_offset", Help: "Offset of the last message in the durable message log."}, func() float64 { return float64(h.msglog.Last()) }))
+	h.metrics.MustRegister(logWait, logSync)
 	h.metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moat_log_commits_total", Help: "Group commits (one fsync each) of the durable message log; moat_log_last_offset over this is the messages per fsync."}, func() float64 { return float64(h.msglog.Stats().Commits) }))
 
 	var transportRef methodTransport

@@ -54,7 +54,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"moat_log_commits_total", "moat_connected_devices", "moat_telemetry_messages_total", "go_sched_latencies_seconds_bucket", "process_resident_memory_bytes"} {
+	for _, name := range []string{"moat_log_commits_total", "moat_log_commit_wait_seconds_bucket", "moat_log_sync_seconds_bucket", "moat_connected_devices", "moat_telemetry_messages_total", "go_sched_latencies_seconds_bucket", "process_resident_memory_bytes"} {
 		if !strings.Contains(string(body), "\n"+name) {
 			t.Errorf("/metrics has no %s", name)
 		}

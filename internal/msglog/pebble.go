@@ -72,6 +72,11 @@ type PebbleOptions struct {
 	// nothing from waiting, so a commit of a single record is never
 	// followed by a wait.
 	CommitInterval time.Duration
+	// OnCommit, if set, is told of every group commit that wrote records:
+	// wait is from the first append of the group to its durability (the
+	// longest any of its appends waited), sync is the batch's write and
+	// fsync. It runs on the committer and must be quick.
+	OnCommit func(records int, wait, sync time.Duration)
 	// Logger receives pebble's own messages (default: discarded below warn,
 	// through slog.Default()).
 	Logger *slog.Logger
@@ -108,12 +113,16 @@ type PebbleLog struct {
 	nmu      sync.Mutex
 	notify   chan struct{}
 
+	onCommit func(int, time.Duration, time.Duration)
+
 	// qmu guards the append queue and closed; kick wakes the committer.
-	qmu     sync.Mutex
-	queue   []*appendReq
-	closed  bool
-	kick    chan struct{}
-	stopped chan struct{}
+	qmu   sync.Mutex
+	queue []*appendReq
+	// queuedAt is when the first request of the queue arrived.
+	queuedAt time.Time
+	closed   bool
+	kick     chan struct{}
+	stopped  chan struct{}
 	// broken is a commit error after which the log refuses appends: a failed
 	// sync leaves it unknown whether the batch is on disk, and reusing its
 	// offsets could then overwrite acknowledged records.
@@ -196,6 +205,7 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleLog, error) {
 		db:       db,
 		maxBatch: opts.MaxBatch,
 		interval: opts.CommitInterval,
+		onCommit: opts.OnCommit,
 		notify:   make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 		stopped:  make(chan struct{}),
@@ -272,6 +282,9 @@ func (l *PebbleLog) Append(ctx context.Context, data []byte) (uint64, error) {
 		reqPool.Put(r)
 		return 0, err
 	}
+	if len(l.queue) == 0 && l.onCommit != nil {
+		l.queuedAt = time.Now()
+	}
 	l.queue = append(l.queue, r)
 	l.qmu.Unlock()
 	select {
@@ -305,6 +318,9 @@ func (l *PebbleLog) AppendAsync(data []byte, done func(offset uint64, err error)
 	case l.broken != nil:
 		err = l.broken
 	default:
+		if len(l.queue) == 0 && l.onCommit != nil {
+			l.queuedAt = time.Now()
+		}
 		l.queue = append(l.queue, &appendReq{ctx: context.Background(), data: data, cb: done})
 	}
 	l.qmu.Unlock()
@@ -343,23 +359,26 @@ func (l *PebbleLog) commitLoop() {
 			l.qmu.Lock()
 		}
 		lastStart = time.Now()
+		queuedAt := l.queuedAt
 		batch := l.queue
 		if len(batch) > l.maxBatch {
-			// The rest stays queued for the next round, in order.
+			// The rest stays queued for the next round, in order; its wait
+			// is counted from here.
 			l.queue = append(spare[:0], batch[l.maxBatch:]...)
 			batch = batch[:l.maxBatch]
+			l.queuedAt = lastStart
 		} else {
 			l.queue = spare[:0]
 		}
 		l.qmu.Unlock()
 		lastN = len(batch)
-		l.commit(batch)
+		l.commit(batch, queuedAt)
 		clear(batch)
 		spare = batch[:0]
 	}
 }
 
-func (l *PebbleLog) commit(reqs []*appendReq) {
+func (l *PebbleLog) commit(reqs []*appendReq, queuedAt time.Time) {
 	var err error
 	l.qmu.Lock()
 	err = l.broken
@@ -379,6 +398,10 @@ func (l *PebbleLog) commit(reqs []*appendReq) {
 		}
 	}
 	if n > 0 && err == nil {
+		var applyStart time.Time
+		if l.onCommit != nil {
+			applyStart = time.Now()
+		}
 		if err = l.db.Apply(b, pebble.Sync); err != nil {
 			err = fmt.Errorf("msglog: commit: %w", err)
 			l.qmu.Lock()
@@ -394,6 +417,10 @@ func (l *PebbleLog) commit(reqs []*appendReq) {
 			l.commits.Add(1)
 			l.appended.Add(uint64(n))
 			l.wake()
+			if l.onCommit != nil {
+				now := time.Now()
+				l.onCommit(n, now.Sub(queuedAt), now.Sub(applyStart))
+			}
 		}
 	}
 	for _, r := range reqs {

@@ -487,3 +487,61 @@ func TestPebbleCommitInterval(t *testing.T) {
 		t.Fatalf("%d commits for 320 concurrent appends: nothing was gathered", commits)
 	}
 }
+
+// OnCommit tells of every commit's records, how long its first append waited
+// for durability (pacing included) and how long the write and fsync took.
+func TestPebbleOnCommit(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	var mu sync.Mutex
+	var records int
+	var maxWait time.Duration
+	var bad []string
+	l, err := msglog.OpenPebble(t.TempDir(), msglog.PebbleOptions{
+		Logger: quiet(), CommitInterval: interval,
+		OnCommit: func(n int, wait, sync time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			records += n
+			maxWait = max(maxWait, wait)
+			if n <= 0 || sync <= 0 || wait < sync {
+				bad = append(bad, fmt.Sprintf("n=%d wait=%v sync=%v", n, wait, sync))
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var slowest atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range 25 {
+				start := time.Now()
+				if _, err := l.Append(context.Background(), []byte{byte(i)}); err != nil {
+					t.Error(err)
+					return
+				}
+				took := int64(time.Since(start))
+				for {
+					old := slowest.Load()
+					if took <= old || slowest.CompareAndSwap(old, took) {
+						break
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if records != 200 || len(bad) > 0 {
+		t.Fatalf("OnCommit saw %d records of 200; incoherent calls: %v", records, bad)
+	}
+	// The slowest append waited through a paced interval; the first append
+	// of its group waited at least as long as the last, so the commit it
+	// was in must report a wait near it.
+	if s := time.Duration(slowest.Load()); s < interval/2 || maxWait < s/2 {
+		t.Fatalf("slowest append took %v, longest reported wait %v", s, maxWait)
+	}
+}
