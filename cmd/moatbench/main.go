@@ -12,12 +12,15 @@ import (
 	"os/signal"
 	"regexp"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/moat-iot/moat/internal/bench"
 )
 
-func main() {
+func main() { os.Exit(run()) }
+
+func run() int {
 	var cfg bench.Config
 	flag.StringVar(&cfg.MoatBin, "moat-bin", "bin/moat", "the built moat binary")
 	flag.StringVar(&cfg.MosquittoBin, "mosquitto", "", "mosquitto binary (default /usr/sbin/mosquitto or PATH); \"none\" skips the comparison")
@@ -28,13 +31,15 @@ func main() {
 	flag.StringVar(&cfg.MosquittoIP, "mosquitto-ip", "127.0.0.51", "loopback address for Mosquitto")
 	flag.IntVar(&cfg.HTTPSPort, "https-port", 443, "the hub's REST port")
 	flag.Float64Var(&cfg.PacedRate, "paced-rate", 0, "pace the latency runs at this many msg/s instead of half of each target's peak (0: half of peak, as the bar is defined)")
+	flag.Float64Var(&cfg.PacedSeconds, "paced-seconds", 0, "length of each paced latency run (0: 5 s, 1 s with --quick)")
+	cpuProfile := flag.String("cpuprofile", "", "write the generator's own CPU profile to this file (the hub's: MOATBENCH_PPROF=1 and its /debug/pprof)")
 	only := flag.String("only", "", `run only the scenarios whose label matches this regular expression (labels: "d2c qos0|1 TARGET", "paced TARGET", "twin reads", "twin updates", "c2d", "storm TARGET", "idle"; targets moat-plain, moat-tls, moat-plain-routed-1, moat-plain-routed-3, mosquitto)`)
 	flag.Parse()
 	if *only != "" {
 		re, err := regexp.Compile(*only)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "moatbench: --only: %v\n", err)
-			os.Exit(2)
+			return 2
 		}
 		cfg.Only = re
 	}
@@ -56,19 +61,36 @@ func main() {
 		cfg.MosquittoBin = p
 	}
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "moatbench:", err)
+			return 2
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "moatbench:", err)
+			return 2
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := bench.Run(ctx, cfg)
 	if rep != nil {
 		if werr := bench.WriteReport(cfg.OutDir, rep); werr != nil {
 			fmt.Fprintln(os.Stderr, "moatbench:", werr)
-			os.Exit(1)
+			return 1
 		}
 		fmt.Print(bench.Markdown(rep))
 		fmt.Fprintf(os.Stderr, "moatbench: wrote %s/results.json and results.md\n", cfg.OutDir)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moatbench:", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }

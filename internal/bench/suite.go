@@ -25,14 +25,17 @@ type Config struct {
 	MosquittoIP  string // loopback address of Mosquitto (default 127.0.0.51)
 	HTTPSPort    int    // the hub's REST port (default 443)
 	// Only, when set, runs just the scenarios whose label it matches:
-	// "d2c qos0|1 TARGET", "paced TARGET" (needs its d2c qos1 run),
+	// "d2c qos0|1 TARGET", "paced TARGET" (needs its d2c qos1 run unless PacedRate is set),
 	// "twin reads", "twin updates", "c2d", "storm TARGET", "idle".
 	Only *regexp.Regexp
 	// PacedRate, when above zero, paces every latency run at this many
 	// messages per second instead of half of each target's own peak, so
 	// that latencies of different builds or machines compare at one rate.
 	PacedRate float64
-	Log       io.Writer
+	// PacedSeconds is how long each paced run lasts (default 5 s, 1 s in
+	// quick mode); longer runs steady a noisy machine's tail.
+	PacedSeconds float64
+	Log          io.Writer
 }
 
 // Sizes are the suite's knobs; Standard and Quick give the two presets.
@@ -289,20 +292,27 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Results = append(rep.Results, r)
 	}
 	for _, tg := range targets {
-		peak := rep.find("d2c qos1", tg.name)
-		if peak == nil || peak.Rate <= 0 || peak.ReceiveRate <= 0 || !selected("paced "+tg.name) {
+		if !selected("paced " + tg.name) {
 			continue
 		}
 		// Peak is what arrives end to end: pacing at half of the PUBACK rate
 		// would only measure the backlog of a receiver that cannot keep up.
-		rate := min(peak.Rate, peak.ReceiveRate) / 2
-		if cfg.PacedRate > 0 {
-			rate = cfg.PacedRate
+		// A fixed rate needs no peak run.
+		rate := cfg.PacedRate
+		if rate <= 0 {
+			peak := rep.find("d2c qos1", tg.name)
+			if peak == nil || peak.Rate <= 0 || peak.ReceiveRate <= 0 {
+				continue
+			}
+			rate = min(peak.Rate, peak.ReceiveRate) / 2
 		}
 		// About five seconds (one in quick mode) at the paced rate.
 		secs := 5.0
 		if cfg.Quick {
 			secs = 1
+		}
+		if cfg.PacedSeconds > 0 {
+			secs = cfg.PacedSeconds
 		}
 		msgs := max(20, int(rate*secs)/sizes.D2CDevices)
 		p := D2CParams{Devices: sizes.D2CDevices, Messages: msgs, Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Rate: rate, Timeout: sizes.ScenarioTimeout}

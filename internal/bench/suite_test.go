@@ -73,6 +73,16 @@ func TestQuickSuite(t *testing.T) {
 			if r.Scenario == "d2c qos1" && (r.Sent != want || r.Acked != want) {
 				t.Errorf("%s: sent %d acked %d, want %d", key, r.Sent, r.Acked, want)
 			}
+			if r.TargetRate > 0 {
+				// The pacers send every message, none much before it is due:
+				// the run cannot beat its rate by more than the slack allows.
+				if n := int64(r.Devices * r.MessagesPerDevice); r.Sent != n || r.Acked != n {
+					t.Errorf("%s: sent %d acked %d, want %d", key, r.Sent, r.Acked, n)
+				}
+				if r.Rate > 1.2*r.TargetRate {
+					t.Errorf("%s: %.0f msg/s, paced at %.0f", key, r.Rate, r.TargetRate)
+				}
+			}
 			if r.Received+r.Dropped+r.Lost < r.Acked {
 				t.Errorf("%s: received %d + dropped %d + lost %d < acked %d", key, r.Received, r.Dropped, r.Lost, r.Acked)
 			}
