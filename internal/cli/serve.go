@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -67,7 +66,7 @@ off unless --mqtt-plain-addr is given.`,
 			paced := make(chan struct{})
 			go func() {
 				defer close(paced)
-				gcpace.Run(ctx, gcpace.DefaultHeadroom, 500*time.Millisecond)
+				gcpace.Run(ctx, gcpace.Options{Arrivals: h.SessionsEstablished})
 			}()
 			defer func() { cancel(); <-paced }()
 			return h.Run(ctx)

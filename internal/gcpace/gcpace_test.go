@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -78,14 +80,20 @@ func forcedGCs() uint64 { return metric("/gc/cycles/forced:gc-cycles") }
 // it skips the test when GOGC is set, which turns pacing off.
 func startRun(t *testing.T, headroom uint64) (stop func()) {
 	t.Helper()
+	return startRunWith(t, Options{Headroom: headroom})
+}
+
+func startRunWith(t *testing.T, o Options) (stop func()) {
+	t.Helper()
 	if os.Getenv("GOGC") != "" {
 		t.Skip("GOGC is set: pacing is off")
 	}
+	o.Interval = 20 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Run(ctx, headroom, 20*time.Millisecond)
+		Run(ctx, o)
 	}()
 	return func() { cancel(); <-done }
 }
@@ -169,9 +177,32 @@ func TestRunCollectsWhenLoadEnds(t *testing.T) {
 }
 
 // While the live heap grows, GOGC is not raised however fast the program
-// allocates; once it holds still, it is.
+// allocates; once it holds still, it is. With Arrivals, only growth during
+// a storm of them holds it.
 func TestRunHoldsWhileLiveGrows(t *testing.T) {
-	defer startRun(t, 512<<20)() // more than the ~100 MiB kept below
+	var arrivals atomic.Uint64
+	for _, tc := range []struct {
+		name   string
+		o      Options
+		arrive uint64 // per 10 ms
+		hold   bool
+	}{
+		{"any growth", Options{}, 0, true},
+		{"connect storm", Options{Arrivals: arrivals.Load}, 100, true}, // 10,000/s
+		{"no arrivals", Options{Arrivals: arrivals.Load}, 0, false},
+		{"a trickle of arrivals", Options{Arrivals: arrivals.Load}, 1, false}, // 100/s
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.Headroom = 512 << 20 // more than the ~100 MiB kept below
+			testGrowth(t, tc.o, func() { arrivals.Add(tc.arrive) }, tc.hold)
+		})
+	}
+}
+
+func testGrowth(t *testing.T, o Options, arrive func(), hold bool) {
+	debug.SetGCPercent(100)
+	runtime.GC()
+	defer startRunWith(t, o)()
 	var kept [][]byte
 	defer func() { runtime.KeepAlive(kept) }()
 	start := time.Now()
@@ -187,10 +218,17 @@ func TestRunHoldsWhileLiveGrows(t *testing.T) {
 		// here, so that the test does not depend on when the runtime
 		// would. Until then the load alone counts.
 		runtime.GC()
-		if g := gogc(); g != 100 && time.Since(start) > 200*time.Millisecond {
+		arrive()
+		if g := gogc(); hold && g != 100 && time.Since(start) > 200*time.Millisecond {
 			t.Fatalf("GOGC %d while the live heap grows, want 100", g)
 		}
+		if g := gogc(); !hold && g > 100 && time.Since(start) > 200*time.Millisecond {
+			return // raised while the live heap grows: no hold, as wanted
+		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if !hold {
+		t.Fatalf("GOGC still %d after 500 ms of growth under load without a storm", gogc())
 	}
 	deadline := time.Now().Add(GrowthHold + 3*time.Second)
 	for gogc() == 100 {

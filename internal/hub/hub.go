@@ -344,6 +344,10 @@ func (h *Hub) Authority() *pki.Authority { return h.ca }
 // Policies returns the shared access policies in force.
 func (h *Hub) Policies() []sas.Policy { return h.policies }
 
+// SessionsEstablished counts device connections authenticated and set up
+// since the hub started; the GC pacer tells a connect storm by it.
+func (h *Hub) SessionsEstablished() uint64 { return h.broker.SessionsEstablished() }
+
 // accept takes a device's telemetry: it returns once the message is in the
 // durable log (so the PUBACK that follows means "on disk"), then hands it to
 // the live events stream.

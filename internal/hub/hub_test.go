@@ -58,6 +58,7 @@ type testHub struct {
 	ca        *pki.Authority
 	policies  map[string]sas.Policy
 	svc       *serviceapi.Client
+	hub       *hub.Hub
 }
 
 var th *testHub
@@ -119,7 +120,7 @@ func startHub(ctx context.Context, dir string, wg *sync.WaitGroup) (*testHub, er
 		return nil, errors.New("hub not ready after 20s")
 	}
 	addrs := h.Addrs()
-	t := &testHub{dir: dir, mqttAddr: addrs["mqtts"], httpsAddr: addrs["https"], ca: h.Authority(), policies: map[string]sas.Policy{}}
+	t := &testHub{dir: dir, mqttAddr: addrs["mqtts"], httpsAddr: addrs["https"], ca: h.Authority(), policies: map[string]sas.Policy{}, hub: h}
 	if t.mqttAddr == "" || t.httpsAddr == "" {
 		return nil, fmt.Errorf("hub reports addresses %v", addrs)
 	}
@@ -725,6 +726,19 @@ func wantCode(t *testing.T, err error, c errcode.Code) {
 }
 
 // ================= 1. ACL =================
+
+// The GC pacer tells connect storms by the count of sessions established.
+func TestSessionsEstablished(t *testing.T) {
+	t.Parallel()
+	before := th.hub.SessionsEstablished()
+	connectDevice(t, newDevice(t, "established"))
+	// Counted just after the CONNACK is written: possibly after Dial returns.
+	for deadline := time.Now().Add(5 * time.Second); th.hub.SessionsEstablished() <= before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("sessions established still %d after a connect", before)
+		}
+	}
+}
 
 func TestACL(t *testing.T) {
 	t.Parallel()

@@ -77,8 +77,11 @@ type Broker struct {
 	acks     *acker
 
 	connected atomic.Int64
-	ctx       context.Context
-	cancel    context.CancelFunc
+	// established counts sessions ever established (Connected, and those
+	// since gone).
+	established atomic.Uint64
+	ctx         context.Context
+	cancel      context.CancelFunc
 }
 
 // IdleProbe is how long a device connection may be quiet before its
@@ -172,6 +175,10 @@ func (b *Broker) ServeConn(c net.Conn, listener string) error {
 
 // Connected is the number of authenticated live connections.
 func (b *Broker) Connected() int { return int(b.connected.Load()) }
+
+// SessionsEstablished is how many connections have been authenticated and
+// set up since the broker started.
+func (b *Broker) SessionsEstablished() uint64 { return b.established.Load() }
 
 // client returns the live client of an identity, if connected.
 func (b *Broker) client(id identity) (*mqtt.Client, *connState, bool) {

@@ -156,6 +156,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	b.connected.Add(1)
+	b.established.Add(1)
 	b.log.Info("device connected", "clientId", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener, "auth", s.authMethod, "clean", pk.Connect.Clean)
 	onFreshStack(func() {
 		if err := b.cfg.Registry.SetConnectionState(b.ctx, s.id.DeviceID, s.id.ModuleID, true); err != nil {
