@@ -94,9 +94,12 @@ func (st statements) close() {
 // statement, and the writer has one connection).
 func in(ctx context.Context, tx *sql.Tx, stmt *sql.Stmt) *sql.Stmt { return tx.StmtContext(ctx, stmt) }
 
-// cachedRecords bounds the record cache: a few KiB per identity, so tens of
-// MiB at most, while covering the active devices of most hubs.
-const cachedRecords = 16384
+// cachedRecords bounds the record cache: about 1.1 KiB per identity (its
+// JSON and its twin's), so under 5 MiB. The cache is for identities in use
+// (a connect's reads, twin traffic), not for every connected device: with
+// room for 16,384, ten thousand idle TLS devices each kept their record,
+// 1.1 of the 20 KiB an idle device may cost.
+const cachedRecords = 4096
 
 var _ registry.Store = (*Store)(nil)
 
