@@ -16,8 +16,8 @@
 // carry the garbage of the connect storm). With a live heap larger than the
 // headroom (many connected devices) GOGC stays 100, and the collection at the
 // end of a busy period still runs, and two more follow a few seconds apart
-// (see SettleCollections). While the live heap grows, as in a connect storm,
-// the goal is not raised (GrowthHold). Setting GOGC in the environment turns
+// (see SettleCollections). While the live heap grows during a connect storm,
+// the goal is not raised (GrowthHold, StormRate). Setting GOGC in the environment turns
 // pacing off.
 package gcpace
 
