@@ -54,9 +54,10 @@ type Options struct {
 	// Interval is how often Run looks at the heap (default 500 ms).
 	Interval time.Duration
 	// Arrivals, if set, counts what the program has taken on to keep (for
-	// the hub: device sessions established). Live-heap growth then holds
-	// GOGC at 100 (GrowthHold) only while arrivals come at StormRate or
-	// faster; without Arrivals, any growth does.
+	// the hub: device sessions established). GOGC is then held at 100
+	// (GrowthHold) while arrivals come at StormRate or faster, and other
+	// growth of the live heap does not hold it; without Arrivals, any
+	// growth a collection finds does.
 	Arrivals func() uint64
 }
 
@@ -125,17 +126,22 @@ func Run(ctx context.Context, o Options) {
 		prevAllocs = allocs
 		wasBusy := busy
 		busy = Busy(rate, headroom)
-		storm := true
-		if o.Arrivals != nil {
-			n := o.Arrivals()
-			storm = float64(n-arrived) >= StormRate*interval.Seconds()
-			arrived = n
-		}
 		if live != lastLive {
-			if lastLive > 0 && live > lastLive+lastLive/10 && storm {
+			if o.Arrivals == nil && lastLive > 0 && live > lastLive+lastLive/10 {
 				grewAt = time.Now()
 			}
 			lastLive = live
+		}
+		if o.Arrivals != nil {
+			// A storm holds at once, without waiting for a collection to
+			// find the heap grown: under a raised goal that collection
+			// could be the headroom away, the storm's state spread over
+			// all of it.
+			n := o.Arrivals()
+			if float64(n-arrived) >= StormRate*interval.Seconds() {
+				grewAt = time.Now()
+			}
+			arrived = n
 		}
 		p := 100
 		if busy && time.Since(grewAt) > GrowthHold {

@@ -239,3 +239,37 @@ func testGrowth(t *testing.T, o Options, arrive func(), hold bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A storm of arrivals brings GOGC down to 100 even before a collection finds
+// the live heap grown, and keeps it there while it lasts.
+func TestRunStormHoldsAtOnce(t *testing.T) {
+	var arrivals atomic.Uint64
+	defer startRunWith(t, Options{Headroom: 512 << 20, Arrivals: arrivals.Load})()
+	deadline := time.Now().Add(3 * time.Second)
+	for gogc() == 100 { // raised first, by the load alone
+		if time.Now().After(deadline) {
+			t.Fatal("GOGC not raised under load")
+		}
+		allocBurst()
+		time.Sleep(time.Millisecond)
+	}
+	// Arrivals at 10,000/s and nothing kept: no collection can find the
+	// live heap grown, so only the arrivals can bring GOGC down.
+	start := time.Now()
+	for gogc() != 100 {
+		if time.Since(start) > time.Second {
+			t.Fatalf("GOGC still %d a second into a storm of arrivals", gogc())
+		}
+		arrivals.Add(10)
+		allocBurst()
+		time.Sleep(time.Millisecond)
+	}
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
+		arrivals.Add(10)
+		allocBurst()
+		if g := gogc(); g != 100 {
+			t.Fatalf("GOGC %d during the storm", g)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
