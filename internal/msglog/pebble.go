@@ -74,8 +74,10 @@ type PebbleOptions struct {
 	CommitInterval time.Duration
 	// OnCommit, if set, is told of every group commit that wrote records:
 	// wait is from the first append of the group to its durability (the
-	// longest any of its appends waited), sync is the batch's write and
-	// fsync. It runs on the committer and must be quick.
+	// longest any of its appends waited; for appends held over from a
+	// group larger than MaxBatch, from when that group was taken), sync is
+	// the batch's write and fsync. It runs on the committer and must be
+	// quick.
 	OnCommit func(records int, wait, sync time.Duration)
 	// Logger receives pebble's own messages (default: discarded below warn,
 	// through slog.Default()).
