@@ -356,14 +356,20 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 
 // refreshDeadline refreshes the read/write deadline for the net.Conn connection.
 func (cl *Client) refreshDeadline(keepalive uint16) {
-	var expiry time.Time // nil time can be used to disable deadline if keepalive = 0
-	if keepalive > 0 {
-		expiry = time.Now().Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
-	}
-
+	expiry := keepaliveExpiry(time.Now(), keepalive)
 	if cl.Net.Conn != nil {
 		_ = cl.Net.Conn.SetDeadline(expiry) // [MQTT-3.1.2-22]
 	}
+}
+
+// keepaliveExpiry is when a client with this keepalive, heard from at now,
+// has been silent too long; zero (no deadline) when keepalive is 0. (moat
+// patch: shared by refreshDeadline and idleSocket)
+func keepaliveExpiry(now time.Time, keepalive uint16) time.Time {
+	if keepalive == 0 {
+		return time.Time{}
+	}
+	return now.Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
 }
 
 // NextPacketID returns the next available (unused) packet id for the client.
@@ -508,12 +514,9 @@ func (cl *Client) idleSocket() (syscall.RawConn, error) {
 		}
 	}
 	now := time.Now()
-	var keepalive time.Time // zero: no deadline, as refreshDeadline
-	if k := cl.State.Keepalive; k > 0 {
-		keepalive = now.Add(time.Duration(k+(k/2)) * time.Second) // [MQTT-3.1.2-22]
-		if keepalive.Before(now.Add(probe)) {
-			return nil, nil
-		}
+	keepalive := keepaliveExpiry(now, cl.State.Keepalive)
+	if !keepalive.IsZero() && keepalive.Before(now.Add(probe)) {
+		return nil, nil
 	}
 	_ = cl.Net.Conn.SetReadDeadline(now.Add(probe))
 	// Peek reads through every buffer (and TLS) without consuming: a

@@ -1477,9 +1477,6 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 	return err
 }
 
-// publishSysTopics publishes the current values to the server $SYS topics.
-// Due to the int to string conversions this method is not as cheap as
-// some of the others so the publishing interval should be set appropriately.
 // heapInUse is runtime.MemStats.HeapInuse read without stopping the world
 // (moat patch).
 func heapInUse() int64 {
@@ -1494,6 +1491,9 @@ func heapInUse() int64 {
 	return int64(n)
 }
 
+// publishSysTopics publishes the current values to the server $SYS topics.
+// Due to the int to string conversions this method is not as cheap as
+// some of the others so the publishing interval should be set appropriately.
 func (s *Server) publishSysTopics() {
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{
