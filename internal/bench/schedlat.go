@@ -2,8 +2,8 @@ package bench
 
 import (
 	"math"
+	"os"
 	"runtime/metrics"
-	"syscall"
 	"time"
 )
 
@@ -31,9 +31,8 @@ func readSelf() selfSnapshot {
 		snap.counts = append([]uint64(nil), h.Counts...)
 		snap.buckets = h.Buckets
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		snap.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	if u, err := readUsage(os.Getpid()); err == nil {
+		snap.cpu = u.CPU
 	}
 	return snap
 }

@@ -1,6 +1,9 @@
 package bench
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestSchedQuantile(t *testing.T) {
 	buckets := []float64{0, 1e-4, 1e-3, 1e-2, 1e-1} // four buckets, seconds
@@ -20,6 +23,9 @@ func TestSchedQuantile(t *testing.T) {
 	}
 	if _, ok := schedQuantile(selfSnapshot{}, after, 0.5); ok {
 		t.Error("mismatched snapshots, yet a quantile")
+	}
+	// The process CPU is counted in clock ticks (10 ms): use a few first.
+	for end := time.Now().Add(30 * time.Millisecond); time.Now().Before(end); {
 	}
 	if s := readSelf(); len(s.counts) == 0 || len(s.buckets) != len(s.counts)+1 || s.cpu <= 0 {
 		t.Errorf("readSelf: %d counts, %d buckets, cpu %v", len(s.counts), len(s.buckets), s.cpu)

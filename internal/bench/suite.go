@@ -291,6 +291,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		logResult(logf, r)
 		rep.Results = append(rep.Results, r)
 	}
+	// A paced run lasts about five seconds (one in quick mode, or
+	// --paced-seconds) at its rate: pacedMessages is each device's share.
+	pacedSecs := 5.0
+	if cfg.Quick {
+		pacedSecs = 1
+	}
+	if cfg.PacedSeconds > 0 {
+		pacedSecs = cfg.PacedSeconds
+	}
+	pacedMessages := func(rate float64) int { return max(20, int(rate*pacedSecs)/sizes.D2CDevices) }
 	for _, tg := range targets {
 		if !selected("paced " + tg.name) {
 			continue
@@ -306,16 +316,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			}
 			rate = min(peak.Rate, peak.ReceiveRate) / 2
 		}
-		// About five seconds (one in quick mode) at the paced rate.
-		secs := 5.0
-		if cfg.Quick {
-			secs = 1
-		}
-		if cfg.PacedSeconds > 0 {
-			secs = cfg.PacedSeconds
-		}
-		msgs := max(20, int(rate*secs)/sizes.D2CDevices)
-		p := D2CParams{Devices: sizes.D2CDevices, Messages: msgs, Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Rate: rate, Timeout: sizes.ScenarioTimeout}
+		p := D2CParams{Devices: sizes.D2CDevices, Messages: pacedMessages(rate), Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Rate: rate, Timeout: sizes.ScenarioTimeout}
 		logf("d2c qos1 paced on %s at %.0f msg/s", tg.name, rate)
 		quiet()
 		r := runD2C(ctx, tg, p)
@@ -331,11 +332,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			if tg.name != TargetMoatRouted1 || !selected("paced "+tg.name) {
 				continue
 			}
-			msgs := max(20, int(m.Rate*5)/sizes.D2CDevices)
-			if cfg.Quick {
-				msgs = max(20, int(m.Rate)/sizes.D2CDevices)
-			}
-			p := D2CParams{Devices: sizes.D2CDevices, Messages: msgs, Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Rate: m.Rate, Timeout: sizes.ScenarioTimeout}
+			p := D2CParams{Devices: sizes.D2CDevices, Messages: pacedMessages(m.Rate), Bytes: sizes.D2CBytes, QoS: 1, Window: sizes.D2CWindow, Rate: m.Rate, Timeout: sizes.ScenarioTimeout}
 			logf("d2c qos1 paced on %s at Mosquitto's paced rate, %.0f msg/s", tg.name, m.Rate)
 			quiet()
 			r := runD2C(ctx, tg, p)
