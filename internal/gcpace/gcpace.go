@@ -108,9 +108,16 @@ func Run(ctx context.Context, o Options) {
 	// settle counts the follow-up collections still due after a busy
 	// period, the next at settleAt.
 	settle, settleAt := 0, time.Time{}
-	// lastLive is the live heap the last collection left; grewAt, when a
-	// collection last found it a tenth larger than the one before.
+	// lastLive is the live heap the last collection left; grewAt, the last
+	// sign of a storm (GrowthHold).
 	lastLive, grewAt := uint64(0), time.Time{}
+	// collect forces a collection that hands memory back, and leaves left
+	// follow-up collections due.
+	collect := func(allocs uint64, left int) {
+		debug.FreeOSMemory()
+		freedAt = allocs
+		settle, settleAt = left, time.Now().Add(settleGap)
+	}
 	defer func() { debug.SetGCPercent(100) }()
 	for {
 		select {
@@ -161,28 +168,24 @@ func Run(ctx context.Context, o Options) {
 			// busy threshold then costs at most one extra collection per
 			// collection the runtime would make anyway, however short its
 			// busy stretches.
-			debug.FreeOSMemory()
-			freedAt = allocs
-			settle, settleAt = SettleCollections, time.Now().Add(settleGap)
+			collect(allocs, SettleCollections)
 		}
 		if !busy && settle > 0 && !time.Now().Before(settleAt) {
 			// Connections that went quiet with the load now wait under a
 			// small stack (mqttdevice.IdleProbe), and a collection halves
 			// a parked goroutine's stack at most once: 8 KiB to 2 takes
 			// two more.
-			debug.FreeOSMemory()
-			freedAt = allocs
-			settle, settleAt = settle-1, time.Now().Add(settleGap)
+			collect(allocs, settle-1)
 		}
 	}
 }
 
 // GrowthHold is how long GOGC stays 100 after the last sign of a storm:
 // arrivals at StormRate (with Options.Arrivals), or else a collection that
-// found the live heap grown by a tenth. Headroom pays for churn: garbage made and dropped
-// while the live heap holds still, as under telemetry. While the live heap
-// grows — a connect storm adding each device's connection state — a raised
-// goal spread the new long-lived objects over spans that the storm's
+// found the live heap grown by a tenth. Headroom pays for churn: garbage
+// made and dropped while the live heap holds still, as under telemetry.
+// While the live heap grows — a connect storm adding each device's
+// connection state — a raised goal spread the new long-lived objects over spans that the storm's
 // garbage shared with them, and those stayed part-used for good: 2.5 KB of
 // RSS more per idle TLS device after a storm of 10,000 (21.6-22.8 KB
 // against 19.4 with no headroom).
