@@ -284,10 +284,7 @@ func (l *PebbleLog) Append(ctx context.Context, data []byte) (uint64, error) {
 		reqPool.Put(r)
 		return 0, err
 	}
-	if len(l.queue) == 0 && l.onCommit != nil {
-		l.queuedAt = time.Now()
-	}
-	l.queue = append(l.queue, r)
+	l.enqueue(r)
 	l.qmu.Unlock()
 	select {
 	case l.kick <- struct{}{}:
@@ -320,10 +317,7 @@ func (l *PebbleLog) AppendAsync(data []byte, done func(offset uint64, err error)
 	case l.broken != nil:
 		err = l.broken
 	default:
-		if len(l.queue) == 0 && l.onCommit != nil {
-			l.queuedAt = time.Now()
-		}
-		l.queue = append(l.queue, &appendReq{ctx: context.Background(), data: data, cb: done})
+		l.enqueue(&appendReq{ctx: context.Background(), data: data, cb: done})
 	}
 	l.qmu.Unlock()
 	if err != nil {
@@ -334,6 +328,14 @@ func (l *PebbleLog) AppendAsync(data []byte, done func(offset uint64, err error)
 	case l.kick <- struct{}{}:
 	default:
 	}
+}
+
+// enqueue adds r to the next group commit (qmu held).
+func (l *PebbleLog) enqueue(r *appendReq) {
+	if len(l.queue) == 0 && l.onCommit != nil {
+		l.queuedAt = time.Now()
+	}
+	l.queue = append(l.queue, r)
 }
 
 // commitLoop is the committer: it takes everything queued, writes it as one
